@@ -1,0 +1,9 @@
+"""Imports every built-in command module so that each registers itself."""
+from __future__ import annotations
+
+import importlib
+
+BUILTIN_COMMAND_MODULES: list[str] = []
+
+for _module in BUILTIN_COMMAND_MODULES:
+    importlib.import_module(f"{__package__}.{_module}")
