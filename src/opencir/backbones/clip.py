@@ -1,0 +1,220 @@
+"""CLIP backbone wrapper on open_clip: pooled and token-level features, token injection.
+
+Three ways to build one (``BackboneSpec``):
+* ``arch="ViT-B-16", pretrained="openai"``: any open_clip model by name + pretrained tag
+  (weights are fetched and cached by open_clip / the Hugging Face hub, like users do);
+* ``arch="ViT-L-14", pretrained="/path/to/ckpt.pt"``: an open_clip architecture with a
+  local checkpoint file;
+* ``arch="small-vit"`` (or ``tiny-vit``, ``tiny-rn``), ``pretrained=None``: a small
+  architecture from ``backbones/configs/*.json`` with random weights (tests, offline demo).
+
+Token-level features follow spec section 1.2: vision tokens before and after ``ln_post``
+(ViT only) and text tokens after ``ln_final`` (all 77 positions, padding included).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def list_small_configs() -> list[str]:
+    """Names of the small architectures shipped with OpenCIR (random init)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build a backbone: open_clip architecture name + pretrained tag or path."""
+
+    arch: str
+    pretrained: str | None = None
+    cache_dir: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TextTokens:
+    """Output of the text tower: pooled (B, D) projected feature and ln_final tokens (B, L, W)."""
+
+    pooled: torch.Tensor
+    tokens: torch.Tensor
+    eot_index: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ImageTokens:
+    """Output of the ViT tower: pooled (B, D), pre-ln_post and post-ln_post tokens (B, 1+N, W)."""
+
+    pooled: torch.Tensor
+    pre_ln_post: torch.Tensor
+    post_ln_post: torch.Tensor
+
+
+def _build_open_clip(spec: BackboneSpec) -> tuple[nn.Module, Any]:
+    import open_clip
+
+    config_file = CONFIG_DIR / f"{spec.arch}.json"
+    if config_file.is_file():
+        cfg = json.loads(config_file.read_text())
+        model = open_clip.model.CLIP(**cfg)
+        if spec.pretrained:
+            state = torch.load(spec.pretrained, map_location="cpu", weights_only=True)
+            model.load_state_dict(state.get("state_dict", state))
+        return model, open_clip.tokenizer.SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])
+    if spec.arch not in open_clip.list_models():
+        raise ValueError(
+            f"unknown backbone architecture {spec.arch!r}: neither an open_clip model "
+            f"(see open_clip.list_models()) nor a small config ({', '.join(list_small_configs())})"
+        )
+    model = open_clip.create_model(spec.arch, pretrained=spec.pretrained, cache_dir=spec.cache_dir)
+    return model, open_clip.get_tokenizer(spec.arch, cache_dir=spec.cache_dir)
+
+
+class ClipBackbone(nn.Module):
+    """A CLIP image/text encoder pair with the feature taps CIR methods need."""
+
+    def __init__(self, spec: BackboneSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.model, self.tokenizer = _build_open_clip(spec)
+        self.model.float()
+        import open_clip
+
+        cfg = open_clip.get_model_preprocess_cfg(self.model)
+        size = cfg.get("size", 224)
+        self.image_size: int = size if isinstance(size, int) else int(size[0])
+        self.image_mean: tuple[float, ...] = tuple(cfg.get("mean") or CLIP_MEAN)
+        self.image_std: tuple[float, ...] = tuple(cfg.get("std") or CLIP_STD)
+
+    # ----------------------------------------------------------------- sizes
+    @property
+    def embed_dim(self) -> int:
+        """Joint embedding width D of pooled image and text features."""
+        proj = self.model.text_projection
+        return int(proj.shape[1] if isinstance(proj, torch.Tensor) else proj.out_features)
+
+    @property
+    def text_width(self) -> int:
+        """Width W_t of the token embeddings and of ln_final tokens."""
+        return int(self.model.token_embedding.weight.shape[1])
+
+    @property
+    def vision_width(self) -> int:
+        """Width W of the ViT tokens (fails for ResNet backbones)."""
+        self._require_vit()
+        return int(self.model.visual.conv1.out_channels)
+
+    @property
+    def context_length(self) -> int:
+        return int(self.model.positional_embedding.shape[0])
+
+    @property
+    def is_vit(self) -> bool:
+        return hasattr(self.model.visual, "conv1") and hasattr(self.model.visual, "class_embedding")
+
+    def _require_vit(self) -> None:
+        if not self.is_vit:
+            raise ValueError(f"backbone {self.spec.arch!r} is not a ViT: token-level image features need a ViT")
+
+    # ---------------------------------------------------------------- images
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pooled, projected, unnormalised image features: (B, 3, H, W) -> (B, D)."""
+        return self.model.encode_image(pixels)
+
+    def image_tokens(self, pixels: torch.Tensor) -> ImageTokens:
+        """ViT features: pooled (B, D), tokens before and after ln_post (B, 1+N, W)."""
+        self._require_vit()
+        visual = self.model.visual
+        z = visual.transformer(visual._embeds(pixels))
+        pooled, _ = visual._pool(z)
+        if visual.proj is not None:
+            pooled = pooled @ visual.proj
+        return ImageTokens(pooled=pooled, pre_ln_post=z, post_ln_post=visual.ln_post(z))
+
+    # ----------------------------------------------------------------- texts
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """Token ids (B, context_length); over-long texts are truncated (EOT kept)."""
+        return self.tokenizer(texts, context_length=self.context_length)
+
+    def encode_text(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Pooled, projected, unnormalised text features at EOT: (B, L) -> (B, D)."""
+        return self.model.encode_text(token_ids)
+
+    def text_tokens(self, token_ids: torch.Tensor) -> TextTokens:
+        """Text tower with all ln_final tokens (B, L, W_t) and the pooled feature (B, D)."""
+        embeddings = self.model.token_embedding(token_ids)
+        eot = self.eot_positions(token_ids)
+        return self._text_from_embeddings(embeddings, eot)
+
+    def eot_positions(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Index of the end-of-text token in each row (the highest id, as CLIP does)."""
+        return token_ids.argmax(dim=-1)
+
+    def token_embeddings(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Rows of the token-embedding table for ``token_ids``: (B, L) -> (B, L, W_t)."""
+        return self.model.token_embedding(token_ids)
+
+    def encode_text_with_pseudo_tokens(
+        self, token_ids: torch.Tensor, pseudo: torch.Tensor, positions: torch.Tensor, insert: bool
+    ) -> torch.Tensor:
+        """Text features with a pseudo-word vector injected at the token-embedding level.
+
+        token_ids (B, L), pseudo (B, W_t), positions (B,). ``insert=False`` replaces the
+        embedding at ``positions`` (evaluation: EOT stays put); ``insert=True`` inserts the
+        vector before ``positions``, shifting the rest right by one and dropping the last
+        slot (training: "a photo of S*", EOT read at its new index). The injection happens
+        before positional embeddings are added (spec 1.2). Returns pooled (B, D).
+        """
+        embeddings = self.model.token_embedding(token_ids)
+        eot = self.eot_positions(token_ids)
+        rows = torch.arange(token_ids.shape[0], device=token_ids.device)
+        pseudo = pseudo.to(embeddings.dtype)
+        if insert:
+            length = embeddings.shape[1]
+            if bool((eot >= length - 1).any()):
+                raise ValueError("cannot insert a pseudo token: a text already fills the whole context")
+            index = torch.arange(length, device=token_ids.device).expand(token_ids.shape[0], length)
+            shifted_source = torch.where(index > positions[:, None], index - 1, index)
+            embeddings = embeddings.gather(1, shifted_source[..., None].expand_as(embeddings)).clone()
+            embeddings[rows, positions] = pseudo
+            eot = torch.where(eot >= positions, eot + 1, eot)
+        else:
+            embeddings = embeddings.clone()
+            embeddings[rows, positions] = pseudo
+        return self._text_from_embeddings(embeddings, eot).pooled
+
+    def _text_from_embeddings(self, embeddings: torch.Tensor, eot: torch.Tensor) -> TextTokens:
+        model = self.model
+        x = embeddings + model.positional_embedding.to(embeddings.dtype)
+        x = model.transformer(x, attn_mask=model.attn_mask)
+        x = model.ln_final(x)
+        pooled = x[torch.arange(x.shape[0], device=x.device), eot]
+        proj = model.text_projection
+        pooled = proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
+        return TextTokens(pooled=pooled, tokens=x, eot_index=eot)
+
+    # ---------------------------------------------------------------- misc
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """CLIP's own (learned) inverse temperature, exp(logit_scale)."""
+        return self.model.logit_scale.exp()
+
+    def fingerprint(self) -> str:
+        """SHA-256 over architecture and weights: identifies the features this backbone makes."""
+        digest = hashlib.sha256(json.dumps(self.spec.arch).encode())
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]

@@ -1,0 +1,24 @@
+"""``opencir train --config X.yaml key=value ...``: train any registered method."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from . import COMMANDS, Command
+
+
+def _add(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML run config (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3 method_config.stage=combiner")
+    parser.add_argument("--no-resume", action="store_true", help="start over even if a last checkpoint exists")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..training.run import run_training
+
+    summary = run_training(args.config, args.overrides, resume=not args.no_resume)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+COMMANDS.register("train")(Command("train a method (one trainer for every method and dataset)", _add, _run))

@@ -1,0 +1,143 @@
+"""Model evaluation: encode the gallery once, compose queries, rank, score with the protocol.
+
+The same protocol objects score rankings files (``opencir eval-rankings``), so our models
+and anyone else's are measured by one piece of code. Ranking is chunked
+(``retrieval.exact.exact_top_k``): memory never holds a Q x N matrix.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.types import CIRDataset, Triplet
+from ..methods.base import CIRMethod
+from ..retrieval.exact import exact_top_k
+from ..training.features import FeatureTable, TextFeatureCache, encode_image_table
+
+
+@dataclass
+class EvalResult:
+    """Metrics (percent), and per query id the ranked gallery ids and subset rankings."""
+
+    metrics: dict[str, float]
+    rankings: dict[str, list[str]] = field(default_factory=dict)
+    subset_rankings: dict[str, list[str]] = field(default_factory=dict)
+    scores: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class QueryEmbeddings:
+    """Normalised query (Q, D) and gallery (N, D) embeddings of one evaluation part."""
+
+    triplets: list[Triplet]
+    queries: torch.Tensor
+    gallery_ids: list[str]
+    gallery: torch.Tensor
+
+
+@torch.no_grad()
+def embed_part(
+    method: CIRMethod,
+    dataset: CIRDataset,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    cache_dir: str | Path | None = None,
+    num_workers: int = 0,
+    table: FeatureTable | None = None,
+) -> QueryEmbeddings:
+    """Gallery and query embeddings of one dataset part (every image encoded once)."""
+    method.eval()
+    triplets = list(dataset.triplets)
+    ids = list(dict.fromkeys([*dataset.gallery_ids, *(t.reference_id for t in triplets)]))
+    if table is None:
+        table = encode_image_table(method, dataset, ids, cache_dir, batch_size, device, num_workers)
+    gallery = torch.cat(
+        [
+            method.embed_targets(table.gather(dataset.gallery_ids[i : i + batch_size], device)).float().cpu()
+            for i in range(0, len(dataset.gallery_ids), batch_size)
+        ]
+    )
+    texts = TextFeatureCache(method, device, enabled=False)
+    rng = random.Random(0)
+    queries = []
+    for i in tqdm(range(0, len(triplets), batch_size), desc="compose queries", leave=False, disable=None):
+        chunk = triplets[i : i + batch_size]
+        reference = table.gather([t.reference_id for t in chunk], device)
+        text = texts([method.query_text(dataset, t, False, rng) for t in chunk])
+        queries.append(method.compose(reference, text).float().cpu())
+    return QueryEmbeddings(triplets, torch.cat(queries), list(dataset.gallery_ids), gallery)
+
+
+def rank_part(
+    embeddings: QueryEmbeddings, depth: int, exclude_reference: bool, with_subsets: bool
+) -> tuple[dict[str, list[str]], dict[str, list[float]], dict[str, list[str]]]:
+    """Top-``depth`` gallery ids per query (reference removed if asked) and subset rankings."""
+    position = {image_id: row for row, image_id in enumerate(embeddings.gallery_ids)}
+    exclude = None
+    if exclude_reference:
+        exclude = [[position[t.reference_id]] if t.reference_id in position else [] for t in embeddings.triplets]
+    scores, indices = exact_top_k(embeddings.queries, embeddings.gallery, depth, exclude)
+    rankings, ranking_scores, subsets = {}, {}, {}
+    for row, t in enumerate(embeddings.triplets):
+        valid = scores[row] > float("-inf")
+        rankings[t.query_id] = [embeddings.gallery_ids[j] for j in indices[row][valid]]
+        ranking_scores[t.query_id] = scores[row][valid].tolist()
+        if with_subsets and t.subset_ids:
+            members = [m for m in t.subset_ids if m in position]
+            member_rows = torch.tensor([position[m] for m in members], dtype=torch.long)
+            member_scores = embeddings.gallery.index_select(0, member_rows) @ embeddings.queries[row]
+            order = torch.argsort(member_scores, descending=True, stable=True)
+            subsets[t.query_id] = [members[j] for j in order.tolist()]
+    return rankings, ranking_scores, subsets
+
+
+def evaluate(
+    method: CIRMethod,
+    dataset: CIRDataset,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    cache_dir: str | Path | None = None,
+    num_workers: int = 0,
+    keep_rankings: bool = False,
+) -> EvalResult:
+    """Official metrics of ``method`` on ``dataset`` (per part, plus ``avg/`` over parts)."""
+    parts = dataset.evaluation_parts()
+    metrics: dict[str, float] = {}
+    per_part: dict[str, dict[str, float]] = {}
+    result = EvalResult(metrics={})
+    for part_name, part in parts.items():
+        protocol = part.protocol
+        if protocol is None:
+            raise ValueError(f"{part.name}/{part.split} has no evaluation protocol")
+        embeddings = embed_part(method, part, batch_size, device, cache_dir, num_workers)
+        rankings, scores, subsets = rank_part(
+            embeddings, protocol.ranking_depth, protocol.exclude_reference, protocol.uses_subsets
+        )
+        part_metrics = protocol.evaluate(part.triplets, rankings, subsets or None)
+        per_part[part_name] = part_metrics
+        if keep_rankings:
+            result.rankings.update(rankings)
+            result.subset_rankings.update(subsets)
+            result.scores.update(scores)
+    if len(per_part) == 1:
+        metrics.update(next(iter(per_part.values())))
+    else:
+        for part_name, part_metrics in per_part.items():
+            metrics.update({f"{part_name}/{k}": v for k, v in part_metrics.items()})
+        for key in next(iter(per_part.values())):
+            metrics[f"avg/{key}"] = sum(m[key] for m in per_part.values()) / len(per_part)
+    result.metrics = metrics
+    return result
+
+
+def select_score(metrics: dict[str, float], names: Sequence[str]) -> float:
+    """Sum of the named metrics: the model-selection score (e.g. TG-CIR's sum of 7 CIRR metrics)."""
+    missing = [n for n in names if n not in metrics]
+    if missing:
+        raise KeyError(f"selection metrics {missing} not among {sorted(metrics)}")
+    return sum(metrics[n] for n in names)

@@ -1,0 +1,9 @@
+"""Imports every built-in method module so that each registers itself."""
+from __future__ import annotations
+
+import importlib
+
+BUILTIN_METHOD_MODULES = ["baselines", "clip4cir"]
+
+for _module in BUILTIN_METHOD_MODULES:
+    importlib.import_module(f"{__package__}.{_module}")

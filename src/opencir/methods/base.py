@@ -1,0 +1,151 @@
+"""The method interface every CIR method implements, and the method registry.
+
+Data flows one way (architecture.md): images/texts -> backbone features -> method ->
+L2-normalised query and target embeddings. A method splits its work in cacheable steps:
+
+* ``encode_images(pixels, masks)`` -> ``Features`` (what the method needs of an image);
+  cached per image id by the trainer/evaluator when ``requirements.image_encoder_frozen``;
+* ``encode_texts(texts)`` -> ``Features``; cached per string when ``text_encoder_frozen``;
+* ``compose(reference, text)`` -> (B, D) normalised query embeddings;
+* ``embed_targets(target)`` -> (B, D) normalised gallery embeddings;
+* ``loss(batch)`` -> dict of named scalar tensors with the total under ``"loss"``.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..backbones import ClipBackbone
+from ..data.captions import apply_caption_policy
+from ..registry import Registry
+
+if TYPE_CHECKING:
+    from ..data.types import CIRDataset, Triplet
+
+Features = dict[str, torch.Tensor]
+"""Named per-sample tensors; the first dimension is the batch."""
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a method needs from the data pipeline and the trainer."""
+
+    train_data: Literal["triplets", "images"] = "triplets"
+    image_encoder_frozen: bool = False
+    text_encoder_frozen: bool = False
+    needs_masks: bool = False
+    image_transform: str = "clip"
+    train_image_transform: str | None = None
+    caption_policy: str | None = None
+    """Overrides the dataset's caption policy for multi-caption benchmarks (FashionIQ)."""
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's hyper-parameter dataclass (JSON/YAML serialisable)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "MethodConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise KeyError(f"unknown {cls.__name__} keys {unknown}; valid keys: {sorted(known)}")
+        return cls(**values)
+
+
+class CIRMethod(nn.Module):
+    """Base class: subclasses set ``name`` and ``config_class`` and implement the steps."""
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    checkpoint_format: ClassVar[str] = ""
+    """A short tag stored in saved model dirs, checked on load."""
+
+    def __init__(self, backbone: ClipBackbone, config: MethodConfig) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.config = config
+
+    # ------------------------------------------------------------- contract
+    def query_text(self, dataset: "CIRDataset", triplet: "Triplet", train: bool, rng: random.Random) -> str:
+        """The text fed to ``encode_texts`` for a query: the dataset's caption policy, or the
+        method's own policy for multi-caption benchmarks (FashionIQ, spec 1.7)."""
+        policy = self.requirements.caption_policy
+        if policy is None or len(triplet.captions) < 2:
+            policy = dataset.caption_policy
+        return apply_caption_policy(policy, triplet.captions, train, rng)
+
+    @property
+    def requirements(self) -> Requirements:
+        return Requirements()
+
+    def encode_images(self, pixels: torch.Tensor, masks: torch.Tensor | None = None) -> Features:
+        """Default: pooled, raw (unnormalised) backbone features under key ``"pooled"``."""
+        return {"pooled": self.backbone.encode_image(pixels)}
+
+    def encode_texts(self, texts: Sequence[str]) -> Features:
+        """Default: pooled, raw backbone text features under key ``"pooled"``."""
+        device = next(self.backbone.parameters()).device
+        return {"pooled": self.backbone.encode_text(self.backbone.tokenize(list(texts)).to(device))}
+
+    def compose(self, reference: Features, text: Features) -> torch.Tensor:
+        raise NotImplementedError
+
+    def embed_targets(self, target: Features) -> torch.Tensor:
+        """Default: L2-normalised pooled image feature."""
+        return nn.functional.normalize(target["pooled"].float(), dim=-1)
+
+    def loss(self, batch: Mapping[str, Features]) -> dict[str, torch.Tensor]:
+        """Training losses for a batch with keys ``reference``, ``text``, ``target``."""
+        raise NotImplementedError(f"method {self.name!r} has no training loss (it is not trainable)")
+
+    # ------------------------------------------------------------ training
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Named parameters that receive gradients, honouring frozen encoders."""
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def parameter_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups; methods with per-part rates override this."""
+        params = [p for _, p in self.trainable_parameters()]
+        return [{"params": params, "lr": lr, "weight_decay": weight_decay}] if params else []
+
+    def train(self, mode: bool = True) -> "CIRMethod":
+        super().train(mode)
+        # Frozen encoders stay in eval mode (frozen BN statistics, no dropout).
+        req = self.requirements
+        if req.image_encoder_frozen and req.text_encoder_frozen:
+            self.backbone.eval()
+        return self
+
+    def freeze_backbone(self, image: bool, text: bool) -> None:
+        """Stop gradients into the image tower and/or the text tower."""
+        visual = self.backbone.model.visual
+        visual_ids = {id(p) for p in visual.parameters()}
+        for p in self.backbone.parameters():
+            if id(p) in visual_ids:
+                p.requires_grad_(not image)
+            elif p is not self.backbone.model.logit_scale:
+                p.requires_grad_(not text)
+        self.backbone.model.logit_scale.requires_grad_(False)
+
+
+METHODS: Registry[type[CIRMethod]] = Registry("method")
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """L2 normalisation along the last dimension (float32)."""
+    return nn.functional.normalize(x.float(), dim=-1)
+
+
+def in_batch_cross_entropy(query: torch.Tensor, target: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """CE(scale * Q T^T, diag) for normalised (B, D) query and target rows (spec 1.4)."""
+    logits = scale * query @ target.t()
+    labels = torch.arange(query.shape[0], device=query.device)
+    return nn.functional.cross_entropy(logits, labels)

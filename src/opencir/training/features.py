@@ -1,0 +1,195 @@
+"""Encoding images into method features, batched, with an on-disk cache for frozen encoders.
+
+``FeatureTable`` holds the features of a set of image ids as stacked tensors. When a
+method's image encoder is frozen, ``encode_image_table`` stores the table on disk keyed
+by the model fingerprint, the method's feature config and the preprocessing, so every
+image is encoded once across epochs, stages and runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..data.images import load_image
+from ..data.transforms import ImageTransform, build_transform
+from ..data.types import CIRDataset
+from ..methods.base import CIRMethod, Features
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FeatureTable:
+    """Features of ``ids`` (row i belongs to ids[i]) as named stacked tensors on the CPU."""
+
+    ids: list[str]
+    tensors: dict[str, torch.Tensor]
+
+    def __post_init__(self) -> None:
+        self.index = {image_id: row for row, image_id in enumerate(self.ids)}
+
+    def rows(self, ids: Sequence[str]) -> torch.Tensor:
+        try:
+            return torch.tensor([self.index[i] for i in ids], dtype=torch.long)
+        except KeyError as err:
+            raise KeyError(f"image id {err.args[0]!r} has no encoded features") from None
+
+    def gather(self, ids: Sequence[str], device: torch.device | str = "cpu") -> Features:
+        """Features of ``ids`` in that order, moved to ``device``."""
+        rows = self.rows(ids)
+        return {name: t.index_select(0, rows).to(device) for name, t in self.tensors.items()}
+
+
+class ImageFolderDataset(Dataset):
+    """Loads and preprocesses the images of ``ids`` (and their masks when asked)."""
+
+    def __init__(self, dataset: CIRDataset, ids: Sequence[str], transform: ImageTransform, with_masks: bool) -> None:
+        self.dataset, self.ids, self.transform, self.with_masks = dataset, list(ids), transform, with_masks
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        record = self.dataset.images[self.ids[i]] if self.ids[i] in self.dataset.images else None
+        if record is None:
+            raise KeyError(f"{self.dataset.name}/{self.dataset.split}: image id {self.ids[i]!r} is not in this split")
+        item = {"pixels": self.transform(load_image(record.path))}
+        if self.with_masks:
+            if record.mask_path is None:
+                raise FileNotFoundError(
+                    f"{self.dataset.name}: image {record.image_id!r} has no mask; run `opencir masks` for this dataset"
+                )
+            item["masks"] = self.transform(load_image(record.mask_path))
+        return item
+
+
+def method_transform(method: CIRMethod, train: bool = False) -> tuple[str, ImageTransform]:
+    """The (name, callable) preprocessing a method asks for, at its backbone's size."""
+    req = method.requirements
+    name = (req.train_image_transform or req.image_transform) if train else req.image_transform
+    b = method.backbone
+    return name, build_transform(name, b.image_size, b.image_mean, b.image_std)
+
+
+def feature_cache_key(method: CIRMethod, transform_name: str) -> str:
+    """Identifies features: backbone weights, method + config, preprocessing, masks."""
+    payload = json.dumps(
+        {
+            "backbone": method.backbone.fingerprint(),
+            "method": method.name,
+            "config": method.config.to_dict(),
+            "transform": transform_name,
+            "size": method.backbone.image_size,
+            "masks": method.requirements.needs_masks,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def _ids_digest(ids: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def encode_images(
+    method: CIRMethod,
+    dataset: CIRDataset,
+    ids: Sequence[str],
+    transform: ImageTransform,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+    on_batch: Callable[[list[str], Features], None] | None = None,
+    desc: str = "encode images",
+) -> FeatureTable | None:
+    """Encode ``ids`` with ``method.encode_images``; returns the table, or streams each
+    batch to ``on_batch`` (and returns None) so callers can keep only what they need."""
+    ids = list(dict.fromkeys(ids))
+    loader = DataLoader(
+        ImageFolderDataset(dataset, ids, transform, method.requirements.needs_masks),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        shuffle=False,
+    )
+    chunks: dict[str, list[torch.Tensor]] = {}
+    was_training = method.training
+    method.eval()
+    start = 0
+    try:
+        for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
+            masks = batch["masks"].to(device) if "masks" in batch else None
+            feats = method.encode_images(batch["pixels"].to(device), masks)
+            batch_ids = ids[start : start + batch["pixels"].shape[0]]
+            start += len(batch_ids)
+            feats = {k: v.detach().float().cpu() for k, v in feats.items()}
+            if on_batch is not None:
+                on_batch(batch_ids, feats)
+            else:
+                for name, tensor in feats.items():
+                    chunks.setdefault(name, []).append(tensor)
+    finally:
+        method.train(was_training)
+    if on_batch is not None:
+        return None
+    return FeatureTable(ids, {name: torch.cat(parts) for name, parts in chunks.items()})
+
+
+def encode_image_table(
+    method: CIRMethod,
+    dataset: CIRDataset,
+    ids: Sequence[str],
+    cache_dir: str | Path | None,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+) -> FeatureTable:
+    """Encode ``ids`` once; with a frozen image encoder and a ``cache_dir`` the table is
+    read from / written to ``cache_dir/<key>/<ids digest>.safetensors``."""
+    from safetensors.torch import load_file, save_file
+
+    ids = list(dict.fromkeys(ids))
+    transform_name, transform = method_transform(method)
+    cache_file = None
+    if cache_dir is not None and method.requirements.image_encoder_frozen:
+        key = feature_cache_key(method, transform_name)
+        cache_file = Path(cache_dir) / key / f"{_ids_digest(ids)}.safetensors"
+        if cache_file.is_file():
+            log.info("feature cache hit: %s", cache_file)
+            return FeatureTable(ids, load_file(str(cache_file)))
+    table = encode_images(method, dataset, ids, transform, batch_size, device, num_workers)
+    assert table is not None
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in table.tensors.items()}, str(tmp))
+        tmp.replace(cache_file)
+    return table
+
+
+class TextFeatureCache:
+    """In-memory cache of ``method.encode_texts`` per string (frozen text encoders only)."""
+
+    def __init__(self, method: CIRMethod, device: torch.device | str, enabled: bool) -> None:
+        self.method, self.device, self.enabled = method, device, enabled
+        self._rows: dict[str, dict[str, torch.Tensor]] = {}
+
+    def __call__(self, texts: Sequence[str]) -> Features:
+        if not self.enabled:
+            return self.method.encode_texts(texts)
+        missing = list(dict.fromkeys(t for t in texts if t not in self._rows))
+        if missing:
+            with torch.no_grad():
+                feats = self.method.encode_texts(missing)
+            for i, text in enumerate(missing):
+                self._rows[text] = {k: v[i].detach() for k, v in feats.items()}
+        names = self._rows[texts[0]].keys()
+        return {k: torch.stack([self._rows[t][k] for t in texts]).to(self.device) for k in names}
