@@ -33,11 +33,11 @@ class DemoSettings:
     """Sizes and schedules of the demo (chosen to finish in minutes on 2 CPU cores)."""
 
     seed: int = 0
-    train_triplets: int = 20000
-    val_triplets: int = 1000
+    train_triplets: int = 10000
+    val_triplets: int = 500
     test_triplets: int = 2000
-    clip_epochs: int = 12
-    stage1_epochs: int = 4
+    clip_epochs: int = 2
+    stage1_epochs: int = 2
     stage1_lr: float = 2e-5
     stage2_epochs: int = 30
     stage2_lr: float = 2e-4

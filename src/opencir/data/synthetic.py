@@ -36,7 +36,7 @@ from ..evaluation.protocols import RecallProtocol
 from .registry import DATASETS
 from .types import CIRDataset, ImageRecord, Triplet
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
 COLOURS = {
     "red": (220, 40, 40),
@@ -215,6 +215,8 @@ def _generate_split(split: str, count: int, rng: random.Random, ids: _SceneIds) 
         involved = [reference, edit.target, *negatives]
         if not all(ids.usable(s, split) for s in involved):
             continue
+        if not allow_held_out and any(_has_held_out(s) for s in involved):
+            continue  # a negative may have drawn a held-out combination: keep them test-only
         if split == "test" and not _has_held_out(reference) and not _has_held_out(edit.target) and rng.random() < 0.5:
             continue  # over-sample held-out combinations so the test split really probes them
         for s in involved:

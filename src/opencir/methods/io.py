@@ -124,8 +124,9 @@ def load_model(directory: str | Path, expected_method: str | None = None, device
 
 
 def load_backbone_weights(method: CIRMethod, directory: str | Path) -> None:
-    """Initialise ``method``'s backbone from another saved model (e.g. CLIP4Cir stage 1)."""
-    source = load_model(directory)
+    """Initialise ``method``'s backbone from a saved model of the same method (e.g. CLIP4Cir
+    stage 1 for stage 2); a checkpoint of another method is refused."""
+    source = load_model(directory, expected_method=method.name)
     if source.backbone.spec.arch != method.backbone.spec.arch:
         raise ValueError(
             f"{directory} has backbone {source.backbone.spec.arch!r}, this model uses {method.backbone.spec.arch!r}"

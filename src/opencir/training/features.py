@@ -176,20 +176,32 @@ def encode_image_table(
 
 
 class TextFeatureCache:
-    """In-memory cache of ``method.encode_texts`` per string (frozen text encoders only)."""
+    """In-memory cache of ``method.encode_texts`` per string (frozen text encoders only).
 
-    def __init__(self, method: CIRMethod, device: torch.device | str, enabled: bool) -> None:
-        self.method, self.device, self.enabled = method, device, enabled
+    Strings are encoded by ``prefetch`` in first-seen order and fixed-size chunks, so the
+    cached values depend only on the sequence of prefetched strings (a resumed run that
+    replays the same sequence gets bit-identical features).
+    """
+
+    def __init__(self, method: CIRMethod, device: torch.device | str, enabled: bool, chunk_size: int = 256) -> None:
+        self.method, self.device, self.enabled, self.chunk_size = method, device, enabled, chunk_size
         self._rows: dict[str, dict[str, torch.Tensor]] = {}
+
+    def prefetch(self, texts: Sequence[str]) -> None:
+        """Encode every string of ``texts`` not cached yet (no-op when disabled)."""
+        if not self.enabled:
+            return
+        missing = list(dict.fromkeys(t for t in texts if t not in self._rows))
+        for start in range(0, len(missing), self.chunk_size):
+            chunk = missing[start:start + self.chunk_size]
+            with torch.no_grad():
+                feats = self.method.encode_texts(chunk)
+            for i, text in enumerate(chunk):
+                self._rows[text] = {k: v[i].detach() for k, v in feats.items()}
 
     def __call__(self, texts: Sequence[str]) -> Features:
         if not self.enabled:
             return self.method.encode_texts(texts)
-        missing = list(dict.fromkeys(t for t in texts if t not in self._rows))
-        if missing:
-            with torch.no_grad():
-                feats = self.method.encode_texts(missing)
-            for i, text in enumerate(missing):
-                self._rows[text] = {k: v[i].detach() for k, v in feats.items()}
+        self.prefetch(texts)
         names = self._rows[texts[0]].keys()
         return {k: torch.stack([self._rows[t][k] for t in texts]).to(self.device) for k in names}

@@ -205,16 +205,21 @@ class Trainer:
             table = encode_image_table(method, self.train_set, ids, self.config.cache_dir, cfg.eval_batch_size, self.device, cfg.num_workers)
         texts = TextFeatureCache(method, self.device, enabled=self.req.text_encoder_frozen)
 
+        for epoch in range(start_epoch):  # rebuild the text cache exactly as the killed run had it
+            texts.prefetch([s for strings in self._epoch_texts(examples, self._batches(len(examples), epoch), epoch)
+                            for s in strings])
         epochs_run = 0
         for epoch in range(start_epoch, cfg.epochs):
             method.train()
             plans = self._batches(len(examples), epoch)
-            rng = random.Random(cfg.seed * 1_000_003 + epoch)
+            epoch_texts = self._epoch_texts(examples, plans, epoch)
+            texts.prefetch([s for strings in epoch_texts for s in strings])
             totals: dict[str, float] = {}
-            bar = tqdm(zip(plans, self._image_batches(examples, plans, table)), total=len(plans),
+            epoch_lr = optimizer.param_groups[0]["lr"]
+            bar = tqdm(zip(plans, epoch_texts, self._image_batches(examples, plans, table)), total=len(plans),
                        desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=None)
-            for plan, images in bar:
-                batch = self._assemble(examples, plan, images, texts, rng)
+            for plan, strings, images in bar:
+                batch = self._assemble(examples, plan, images, texts(strings) if strings else None)
                 with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
                     losses = method.loss(batch)
                 optimizer.zero_grad(set_to_none=True)
@@ -227,8 +232,8 @@ class Trainer:
                 scheduler.step()
                 for name, value in losses.items():
                     totals[name] = totals.get(name, 0.0) + float(value.detach())
-                bar.set_postfix(loss=f"{float(losses['loss']):.4f}")
-            record: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+                bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}")
+            record: dict[str, Any] = {"epoch": epoch, "lr": epoch_lr}
             record.update({f"train/{k}": v / max(1, len(plans)) for k, v in totals.items()})
             if self.val_set is not None and (epoch + 1) % cfg.val_every == 0:
                 result = evaluate(method, self.val_set, cfg.eval_batch_size, self.device,
@@ -254,12 +259,18 @@ class Trainer:
                 break
         return {"best_epoch": best["epoch"], "best_score": best["score"], "best_metrics": best["metrics"], "epochs_run": epochs_run}
 
-    def _assemble(self, examples: list[Any], plan: _BatchPlan, images: list[Features], texts: TextFeatureCache,
-                  rng: random.Random) -> dict[str, Any]:
+    def _epoch_texts(self, examples: list[Any], plans: list[_BatchPlan], epoch: int) -> list[list[str]]:
+        """Query texts of every batch of ``epoch`` (caption policies may draw at random,
+        from a per-epoch seed, so a resumed run sees the same texts)."""
+        if self.req.train_data != "triplets":
+            return [[] for _ in plans]
+        rng = random.Random(self.cfg.seed * 1_000_003 + epoch)
+        return [[self.method.query_text(self.train_set, examples[r], True, rng) for r in plan.rows] for plan in plans]
+
+    def _assemble(self, examples: list[Any], plan: _BatchPlan, images: list[Features], text: Features | None) -> dict[str, Any]:
         rows = [examples[r] for r in plan.rows]
         if self.req.train_data == "triplets":
-            strings = [self.method.query_text(self.train_set, t, True, rng) for t in rows]
-            return {"reference": images[0], "target": images[1], "text": texts(strings)}
+            return {"reference": images[0], "target": images[1], "text": text}
         return {"image": images[0], "captions": [r.caption or "" for r in rows], "ids": [r.image_id for r in rows]}
 
 
