@@ -32,6 +32,7 @@ def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--option", action="append", default=[], help="dataset option key=value (repeatable)")
     parser.add_argument("--out", help="directory for metrics.json, rankings.json and pictures")
     parser.add_argument("--plots", action="store_true", help="also render a metrics bar plot and a retrieval grid")
+    parser.add_argument("--submission", help="write evaluation-server files (CIRR test1, CIRCO test) to this folder")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--cache-dir", default=".cache/features")
@@ -54,15 +55,23 @@ def _run(args: argparse.Namespace) -> int:
     else:
         method = build_method(args.method, BackboneSpec(args.arch, args.pretrained)).to(device).eval()
     dataset = load_dataset(args.dataset, args.root, args.split, **parse_options(args.option))
-    result = evaluate(method, dataset, args.batch_size, device, args.cache_dir, keep_rankings=bool(args.out))
+    keep = bool(args.out or args.submission)
+    result = evaluate(method, dataset, args.batch_size, device, args.cache_dir, keep_rankings=keep)
     print(json.dumps(result.metrics, indent=2))
+    if args.submission:
+        from ..data.submission import write_submission
+
+        for path in write_submission(dataset, result.rankings, args.submission, result.subset_rankings or None):
+            print(f"wrote {path}")
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
         (out / "rankings.json").write_text(json.dumps(result.rankings))
+        if result.subset_rankings:  # CIRR: lets `opencir eval-rankings --subset-rankings` reproduce Rsubset
+            (out / "subset_rankings.json").write_text(json.dumps(result.subset_rankings))
         if args.plots:
-            keys = [k for k in result.metrics if not k.startswith(("dress/", "shirt/", "toptee/"))][:8]
+            keys = [k for k in result.metrics if "/" not in k or k.startswith("avg/")][:8]  # summary, not per part
             bar_plot({method.name: result.metrics}, keys, out / "metrics.png", title=f"{args.dataset} {args.split}")
             scored = [t.query_id for t in dataset.triplets if t.target_ids][:6]
             if scored:

@@ -82,3 +82,10 @@ def reversed_captions(captions: Sequence[str], train: bool, rng: random.Random) 
 def apply_caption_policy(name: str, captions: Sequence[str], train: bool, rng: random.Random | None = None) -> str:
     """Apply the registered policy ``name`` to ``captions``."""
     return CAPTION_POLICIES.get(name)(captions, train, rng or random.Random(0))
+
+
+@CAPTION_POLICIES.register("pic2word")
+def pic2word_captions(captions: Sequence[str], train: bool, rng: random.Random) -> str:
+    """Pic2Word/Context-I2W FashionIQ text exactly as their code formats it: "{c2} and {c1}"
+    from the raw captions, nothing stripped (``"reversed"`` strips edge punctuation)."""
+    return " and ".join(reversed(captions))

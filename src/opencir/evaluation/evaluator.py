@@ -18,6 +18,15 @@ from ..data.types import CIRDataset, Triplet
 from ..methods.base import CIRMethod
 from ..retrieval.exact import exact_top_k
 from ..training.features import FeatureTable, TextFeatureCache, encode_image_table
+from .protocols import aggregate_parts, has_ground_truth
+
+SCORE_BUDGET_BYTES = 64 << 20
+"""Upper bound of one chunk of the (queries x gallery) float32 score block."""
+
+
+def chunk_rows(gallery_size: int, budget_bytes: int = SCORE_BUDGET_BYTES) -> int:
+    """Queries scored at once so a chunk of scores stays within ``budget_bytes``."""
+    return max(1, min(1024, budget_bytes // (4 * max(1, gallery_size))))
 
 
 @dataclass
@@ -38,6 +47,7 @@ class QueryEmbeddings:
     queries: torch.Tensor
     gallery_ids: list[str]
     gallery: torch.Tensor
+    table: FeatureTable | None = None
 
 
 @torch.no_grad()
@@ -70,7 +80,7 @@ def embed_part(
         reference = table.gather([t.reference_id for t in chunk], device)
         text = texts([method.query_text(dataset, t, False, rng) for t in chunk])
         queries.append(method.compose(reference, text).float().cpu())
-    return QueryEmbeddings(triplets, torch.cat(queries), list(dataset.gallery_ids), gallery)
+    return QueryEmbeddings(triplets, torch.cat(queries), list(dataset.gallery_ids), gallery, table)
 
 
 def rank_part(
@@ -81,7 +91,9 @@ def rank_part(
     exclude = None
     if exclude_reference:
         exclude = [[position[t.reference_id]] if t.reference_id in position else [] for t in embeddings.triplets]
-    scores, indices = exact_top_k(embeddings.queries, embeddings.gallery, depth, exclude)
+    scores, indices = exact_top_k(
+        embeddings.queries, embeddings.gallery, depth, exclude, chunk_size=chunk_rows(len(embeddings.gallery_ids))
+    )
     rankings, ranking_scores, subsets = {}, {}, {}
     for row, t in enumerate(embeddings.triplets):
         valid = scores[row] > float("-inf")
@@ -107,31 +119,28 @@ def evaluate(
 ) -> EvalResult:
     """Official metrics of ``method`` on ``dataset`` (per part, plus ``avg/`` over parts)."""
     parts = dataset.evaluation_parts()
-    metrics: dict[str, float] = {}
     per_part: dict[str, dict[str, float]] = {}
     result = EvalResult(metrics={})
+    table: FeatureTable | None = None
     for part_name, part in parts.items():
         protocol = part.protocol
         if protocol is None:
             raise ValueError(f"{part.name}/{part.split} has no evaluation protocol")
-        embeddings = embed_part(method, part, batch_size, device, cache_dir, num_workers)
+        needed = {*part.gallery_ids, *(t.reference_id for t in part.triplets)}
+        if table is None or not needed.issubset(table.index):
+            table = None  # parts sharing their images (ImageNet domains) reuse one encoding
+        embeddings = embed_part(method, part, batch_size, device, cache_dir, num_workers, table)
         rankings, scores, subsets = rank_part(
             embeddings, protocol.ranking_depth, protocol.exclude_reference, protocol.uses_subsets
         )
-        part_metrics = protocol.evaluate(part.triplets, rankings, subsets or None)
-        per_part[part_name] = part_metrics
+        if has_ground_truth(part):  # hidden test splits: rankings only (for submissions)
+            per_part[part_name] = protocol.evaluate(part.triplets, rankings, subsets or None)
         if keep_rankings:
             result.rankings.update(rankings)
             result.subset_rankings.update(subsets)
             result.scores.update(scores)
-    if len(per_part) == 1:
-        metrics.update(next(iter(per_part.values())))
-    else:
-        for part_name, part_metrics in per_part.items():
-            metrics.update({f"{part_name}/{k}": v for k, v in part_metrics.items()})
-        for key in next(iter(per_part.values())):
-            metrics[f"avg/{key}"] = sum(m[key] for m in per_part.values()) / len(per_part)
-    result.metrics = metrics
+        table = embeddings.table
+    result.metrics = aggregate_parts(per_part)
     return result
 
 

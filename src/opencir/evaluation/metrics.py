@@ -71,19 +71,28 @@ def map_at_k(
 
 
 def fraction_recall_at_k(
-    ranked: Sequence[Sequence[str]], relevant: Sequence[Collection[str]], ks: Sequence[int]
+    ranked: Sequence[Sequence[str]],
+    relevant: Sequence[Collection[str]],
+    ks: Sequence[int],
+    empty_is_zero: bool = False,
+    epsilon: float = 0.0,
 ) -> dict[str, float]:
-    """Pic2Word ImageNet recall: (#relevant in top k) / (#relevant), averaged, in percent."""
+    """Pic2Word ImageNet recall: (#relevant in top k) / (#relevant + epsilon), averaged, in percent.
+
+    A query with no relevant item raises, unless ``empty_is_zero``: then it scores 0 and
+    still counts in the mean (Pic2Word's code does this: 0 / (0 + 1e-5) = 0).
+    """
     _check_lengths(ranked, relevant)
     if not ranked:
         raise ValueError("no queries to evaluate")
+    if not empty_is_zero and any(not rel for rel in relevant):
+        raise ValueError("a query with no relevant items cannot be scored by fraction recall")
     out = {}
     for k in ks:
         total = 0.0
         for ids, rel in zip(ranked, relevant):
-            if not rel:
-                raise ValueError("a query with no relevant items cannot be scored by fraction recall")
-            total += sum(1 for i in ids[:k] if i in rel) / len(rel)
+            if rel:
+                total += sum(1 for i in ids[:k] if i in rel) / (len(rel) + epsilon)
         out[f"R@{k}"] = 100.0 * total / len(ranked)
     return out
 

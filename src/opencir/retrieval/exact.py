@@ -31,10 +31,9 @@ def exact_top_k(
     k_eff = min(k, n)
     scores_out = np.empty((q.shape[0], k_eff), dtype=np.float32)
     index_out = np.empty((q.shape[0], k_eff), dtype=np.int64)
-    gt = g.t().contiguous()
     for start in range(0, q.shape[0], chunk_size):
         stop = min(start + chunk_size, q.shape[0])
-        sims = q[start:stop] @ gt
+        sims = q[start:stop] @ g.t()  # a view: no transposed copy of the gallery
         if exclude is not None:
             for row, banned in enumerate(exclude[start:stop]):
                 if len(banned):
