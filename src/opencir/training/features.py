@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ..data.images import load_image
 from ..data.transforms import ImageTransform, build_transform
 from ..data.types import CIRDataset
+from ..masks.layouts import require_mask_file
 from ..methods.base import CIRMethod, Features
 
 log = logging.getLogger(__name__)
@@ -63,11 +64,7 @@ class ImageFolderDataset(Dataset):
             raise KeyError(f"{self.dataset.name}/{self.dataset.split}: image id {self.ids[i]!r} is not in this split")
         item = {"pixels": self.transform(load_image(record.path))}
         if self.with_masks:
-            if record.mask_path is None:
-                raise FileNotFoundError(
-                    f"{self.dataset.name}: image {record.image_id!r} has no mask; run `opencir masks` for this dataset"
-                )
-            item["masks"] = self.transform(load_image(record.mask_path))
+            item["masks"] = self.transform(load_image(require_mask_file(self.dataset, record)))
         return item
 
 

@@ -26,6 +26,7 @@ from ..data.images import load_image
 from ..data.transforms import ImageTransform
 from ..data.types import CIRDataset, Triplet
 from ..evaluation.evaluator import evaluate, select_score
+from ..masks.layouts import require_mask_file
 from ..methods.base import CIRMethod, Features
 from ..methods.io import load_weights_into, save_model
 from .config import RunConfig, save_run_config
@@ -62,9 +63,7 @@ class _PixelPairs(Dataset):
         record = self.dataset.images[image_id]
         item = {"pixels": self.transform(load_image(record.path))}
         if self.masks:
-            if record.mask_path is None:
-                raise FileNotFoundError(f"{self.dataset.name}: image {image_id!r} has no mask; run `opencir masks`")
-            item["masks"] = self.transform(load_image(record.mask_path))
+            item["masks"] = self.transform(load_image(require_mask_file(self.dataset, record)))
         return item
 
     def __getitem__(self, i: int) -> list[dict[str, torch.Tensor]]:
