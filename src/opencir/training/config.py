@@ -19,6 +19,7 @@ class BackboneConfig:
     arch: str = "ViT-B-16"
     pretrained: str | None = "openai"
     cache_dir: str | None = None
+    grad_checkpointing: bool = False
 
 
 @dataclass
@@ -103,12 +104,13 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def load_run_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
-    """Read a YAML run config (or defaults) and apply ``a.b=value`` overrides (YAML values)."""
+    """Read a YAML run config (a path or a shipped recipe name, see ``opencir.recipes``;
+    None for the defaults) and apply ``a.b=value`` overrides (YAML values)."""
+    from ..recipes import recipe_path
+
     tree: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
+        path = recipe_path(path)
         tree = yaml.safe_load(path.read_text()) or {}
         if not isinstance(tree, dict):
             raise ValueError(f"{path}: a run config must be a YAML mapping")

@@ -1,6 +1,7 @@
 """Entry points behind ``opencir train`` and ``opencir pretrain-clip`` (importable, testable)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def run_from_config(config: RunConfig, resume: bool = True) -> dict[str, Any]:
     """Build method and datasets from ``config`` and train; returns the summary."""
-    spec = BackboneSpec(config.backbone.arch, config.backbone.pretrained, config.backbone.cache_dir)
+    spec = BackboneSpec(**dataclasses.asdict(config.backbone))
     method = build_method(config.method, spec, config.method_config)
     if config.init_from:
         load_backbone_weights(method, config.init_from)

@@ -115,8 +115,9 @@ class Trainer:
 
     def _image_batches(
         self, examples: list[Any], plans: list[_BatchPlan], table: FeatureTable | None
-    ) -> Iterator[list[Features]]:
-        """Per batch, one Features dict per image slot (reference, target) or (image,)."""
+    ) -> Iterator[list[Any]]:
+        """Per batch, one entry per image slot (reference, target) or (image,): cached
+        Features rows when ``table`` is given, else collated pixels (and masks)."""
         if table is not None:
             for plan in plans:
                 keys = [self._image_keys(examples[r]) for r in plan.rows]
@@ -128,11 +129,14 @@ class Trainer:
         sizes = [len(plan.rows) for plan in plans]
         sampler = _ChunkSampler(sizes)
         loader = DataLoader(pixels, batch_sampler=sampler, num_workers=self.cfg.num_workers, collate_fn=_collate)
-        for slots in loader:
-            yield [
-                self.method.encode_images(s["pixels"].to(self.device), s["masks"].to(self.device) if "masks" in s else None)
-                for s in slots
-            ]
+        yield from loader  # pixel slots; encoded inside the step's autocast (see _encode_slots)
+
+    def _encode_slots(self, slots: list[Any], from_table: bool) -> list[Features]:
+        """Image features of each slot: cached rows as they are, or pixels through the encoder."""
+        if from_table:
+            return slots
+        return [self.method.encode_images(s["pixels"].to(self.device), s["masks"].to(self.device) if "masks" in s else None)
+                for s in slots]
 
     # -------------------------------------------------------------- states
     def _state(self, epoch: int, optimizer, scheduler, scaler, best: dict[str, Any]) -> dict[str, Any]:
@@ -217,9 +221,10 @@ class Trainer:
             epoch_lr = optimizer.param_groups[0]["lr"]
             bar = tqdm(zip(plans, epoch_texts, self._image_batches(examples, plans, table)), total=len(plans),
                        desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=None)
-            for plan, strings, images in bar:
-                batch = self._assemble(examples, plan, images, texts(strings) if strings else None)
+            for plan, strings, slots in bar:
                 with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+                    images = self._encode_slots(slots, from_table=table is not None)
+                    batch = self._assemble(examples, plan, images, texts(strings) if strings else None)
                     losses = method.loss(batch)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(losses["loss"]).backward()
