@@ -11,6 +11,7 @@ from opencir.data.check import AnnotationError, LayoutError, write_placeholder_i
 from opencir.data.cirr import cirr_protocol
 from opencir.data.submission import cirr_submission, write_cirr_submission
 from opencir.evaluation.protocols import evaluate_rankings
+from opencir.masks.layouts import require_mask_file
 
 ANN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "annotations" / "cirr"
 
@@ -53,6 +54,14 @@ def test_val_counts_and_every_record(cirr_root):
     assert ds.image_path("dev-244-0-img0") == cirr_root / "dev" / "dev-244-0-img0.png"
     assert ds.image_path("dev-244-0-img0").is_file()
     assert load_dataset("cirr", cirr_root, "dev").split == "val"
+
+
+def test_records_carry_official_mask_paths(cirr_root):
+    ds = load_dataset("cirr", cirr_root, "val")
+    record = ds.images["dev-244-0-img0"]
+    assert record.mask_path == cirr_root / "dev" / "dev-244-0-img0-segmask.png"
+    with pytest.raises(FileNotFoundError, match="run `opencir masks --dataset cirr"):
+        require_mask_file(ds, record)
 
 
 def test_test1_counts_hidden_targets(cirr_root):

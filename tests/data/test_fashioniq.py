@@ -82,6 +82,14 @@ def test_caption_policies_on_a_real_record(fiq_root):
     assert len({apply_caption_policy("clip4cir", caps, True, rng) for _ in range(200)}) == 4
 
 
+def test_records_carry_official_mask_paths(fiq_root):
+    # flat images/ folder: masks go to <root>/<category>_segmask/<id>-seg.png
+    ds = load_dataset("fashioniq", fiq_root, "val")
+    for category, part in ds.parts.items():
+        image_id = part.triplets[0].reference_id
+        assert part.images[image_id].mask_path == fiq_root / f"{category}_segmask" / f"{image_id}-seg.png"
+
+
 def test_spelling_corrections_and_image_folder_variants(tmp_path):
     (tmp_path / "json").mkdir()
     (tmp_path / "image_splits").mkdir()
@@ -93,6 +101,7 @@ def test_spelling_corrections_and_image_folder_variants(tmp_path):
     ds = load_dataset("fashioniq", tmp_path, "val", category="dress", corrections="auto")
     assert ds.triplets[0].captions == ("is blue", "longer sleeves")
     assert ds.image_path("A3") == tmp_path / "resized_image" / "dress" / "A3.jpg"
+    assert ds.images["A3"].mask_path == tmp_path / "resized_image" / "dress_segmask" / "A3-seg.png"
     with pytest.raises(LayoutError, match="shirt val captions not found"):
         load_dataset("fashioniq", tmp_path, "val", category="shirt")
 

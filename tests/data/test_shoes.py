@@ -47,6 +47,8 @@ def test_real_counts_and_split_rule(shoes_root):
     assert load_dataset("shoes", shoes_root, "eval").split == "test"
     # single-image captions are attached to the image records
     assert sum(r.caption is not None for r in train.images.values()) > 0
+    # and so is the official OFFSET mask file, next to the image
+    assert test.images[test.gallery_ids[0]].mask_path == path.with_name(f"{path.stem}-segmask.jpg")
 
 
 def _fixture(root: Path) -> Path:

@@ -267,7 +267,7 @@ def test_official_checkpoint_errors(offset, tmp_path):
 
     tgcir = tmp_path / "tgcir.pt"
     torch.save({"backbone.masks.weight": torch.ones(4, D), "loss_T": torch.ones(1)}, tgcir)
-    with pytest.raises(ValueError, match="TG-CIR checkpoint"):
+    with pytest.raises(ValueError, match="TG-CIR checkpoint .*load it with method tg-cir$"):
         offset.load_official_checkpoint(tgcir)
 
     state = _official_state(offset)

@@ -327,6 +327,27 @@ def test_official_pickled_whole_module_loads_without_the_official_code(tmp_path)
     _assert_loaded(method, official)
 
 
+class _Payload:
+    """Unpickling this calls ``exec``: a checkpoint that runs code when loaded unrestricted."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+def test_official_reader_never_runs_pickled_code(tmp_path):
+    marker = tmp_path / "ran"
+    torch.save({"payload": _Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="not an official TG-CIR"):
+        _method(global_tokens=2, local_tokens=3).load_official_checkpoint(tmp_path / "evil.pt")
+    torch.save(_Payload(marker), tmp_path / "evil2.pt")
+    with pytest.raises(ValueError, match="without module parameters"):
+        _method(global_tokens=2, local_tokens=3).load_official_checkpoint(tmp_path / "evil2.pt")
+    assert not marker.exists()
+
+
 def test_official_checkpoint_errors(tmp_path):
     method = _method(global_tokens=2, local_tokens=3)
     torch.save({"CLIP": {"a": torch.zeros(1)}}, tmp_path / "clip4cir.pt")

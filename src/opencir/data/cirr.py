@@ -16,6 +16,9 @@ Protocol (spec 1.6): the gallery is the split's image list; the reference is rem
 from each ranking; R@1/5/10/50; R_subset@1/2/3 ranks only ``img_set.members`` minus the
 reference; ``Avg = (R@5 + Rsubset@1) / 2``. Test1 has no targets: use
 ``opencir submission cirr`` (``data/submission.py``) for the evaluation server.
+
+Every image record carries its OFFSET mask file in ``mask_path`` (official naming,
+``masks/layouts.py``); ``opencir masks`` writes those files.
 """
 from __future__ import annotations
 
@@ -94,6 +97,13 @@ def _triplet(record: object, index: int, path: Path, hidden: bool) -> Triplet:
     return Triplet(str(pairid), reference, (caption,), targets, tuple(str(m) for m in members), extra)
 
 
+def _record(name: str, path: Path, root: Path) -> ImageRecord:
+    """An image with its official OFFSET mask file (``<name>-segmask.png`` beside it)."""
+    from ..masks.layouts import official_mask_path  # here, not at the top: opencir.masks imports torch
+
+    return ImageRecord(name, path, mask_path=official_mask_path("cirr", path, name, root))
+
+
 @DATASETS.register("cirr")
 def load_cirr(root: Path, split: str, require_images: bool = True, caption_policy: str = "first") -> CIRDataset:
     """CIRR ``split`` (train, val or test1; ``dev``/``test`` accepted) from ``root``."""
@@ -116,7 +126,7 @@ def load_cirr(root: Path, split: str, require_images: bool = True, caption_polic
                     f"{cap_path}: pairid {t.query_id} refers to image {image_id!r}, absent from {split_path}"
                 )
     base = _image_root(root, annotations, next(iter(image_paths.values()), None), require_images)
-    images = {name: ImageRecord(name, base / rel) for name, rel in image_paths.items()}
+    images = {name: _record(name, base / rel, root) for name, rel in image_paths.items()}
     return CIRDataset(
         name="cirr",
         split=split,

@@ -28,6 +28,9 @@ zero-shot "{c2} and {c1}" order. TG-CIR/OFFSET also apply per-category spelling
 dictionaries: pass ``corrections="auto"`` (looks for ``correction_dict_<cat>.json`` under
 ``root``) or a folder; captions are then normalised and corrected at load time
 [INFERRED: file name as in TG-CIR's code, the dictionaries are not redistributed here].
+
+Every image record carries its OFFSET mask file in ``mask_path`` (official naming,
+``masks/layouts.py``); ``opencir masks`` writes those files.
 """
 from __future__ import annotations
 
@@ -98,12 +101,20 @@ def _categories(category: str | Sequence[str]) -> list[str]:
     return names
 
 
-def _load_corrections(root: Path, corrections: str | None, category: str) -> dict[str, str] | None:
+def read_corrections(corrections: str | None, auto_folders: Sequence[Path], name: str, what: str) -> dict[str, str] | None:
+    """TG-CIR's spelling dictionary ``correction_dict_<name>.json`` (word -> fix), looked up
+    in ``auto_folders`` when ``corrections="auto"``, else in the folder ``corrections``;
+    None when ``corrections`` is None. Shared with the Shoes reader."""
     if corrections is None:
         return None
-    folders = [root, root / "captions", root / "json"] if corrections == "auto" else [Path(corrections).expanduser()]
-    path = find_file([f / f"correction_dict_{category}.json" for f in folders], f"FashionIQ {category} spelling dictionary")
+    folders = list(auto_folders) if corrections == "auto" else [Path(corrections).expanduser()]
+    path = find_file([f / f"correction_dict_{name}.json" for f in folders], what)
     return {str(k): str(v) for k, v in expect_type(read_json(path), dict, path, "the correction dictionary").items()}
+
+
+def _load_corrections(root: Path, corrections: str | None, category: str) -> dict[str, str] | None:
+    return read_corrections(corrections, [root, root / "captions", root / "json"], category,
+                            f"FashionIQ {category} spelling dictionary")
 
 
 def _read_triplets(path: Path, category: str, hidden: bool, fix: dict[str, str] | None) -> list[Triplet]:
@@ -127,6 +138,13 @@ def _image_folder(root: Path, category: str, required: bool) -> Path:
     return require_folder(find_dir(candidates), candidates, "FashionIQ image folder", required, root / "images")
 
 
+def _record(image_id: str, path: Path, root: Path, category: str) -> ImageRecord:
+    """An image with its official OFFSET mask file (``<category>_segmask/<id>-seg.png``)."""
+    from ..masks.layouts import official_mask_path  # here, not at the top: opencir.masks imports torch
+
+    return ImageRecord(image_id, path, mask_path=official_mask_path("fashioniq", path, image_id, root, category))
+
+
 def _load_category(
     root: Path,
     split: str,
@@ -147,7 +165,7 @@ def _load_category(
         folder_index[folder] = index_image_folder(folder)
     found = folder_index[folder]
     ids = list(dict.fromkeys([*split_ids, *(i for t in triplets for i in (t.reference_id, *t.target_ids))]))
-    images = {i: ImageRecord(i, found.get(i, folder / f"{i}.png")) for i in ids}
+    images = {i: _record(i, found.get(i, folder / f"{i}.png"), root, category) for i in ids}
     return CIRDataset(
         name="fashioniq",
         split=split,

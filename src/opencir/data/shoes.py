@@ -19,6 +19,9 @@ Protocol: the gallery is every image of the split's list, the reference is exclu
 R@1/10/50 and their mean ``Avg``. TG-CIR/OFFSET's text cleaning is the ``"tgcir"``
 caption policy; their ``correction_dict_shoes.json`` is applied at load time with
 ``corrections="auto"`` or a folder [INFERRED file name].
+
+Every image record carries its OFFSET mask file in ``mask_path`` (official naming,
+``masks/layouts.py``); ``opencir masks`` writes those files.
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ from .check import (
     require_folder,
     resolve_split,
 )
+from .fashioniq import read_corrections
 from .registry import DATASETS
 from .types import CIRDataset, ImageRecord, Triplet
 
@@ -83,6 +87,13 @@ def _image_index(root: Path, required: bool) -> dict[str, Path]:
     return index
 
 
+def _record(name: str, path: Path, caption: str | None, root: Path) -> ImageRecord:
+    """An image with its official OFFSET mask file (``<name>-segmask.jpg`` beside it)."""
+    from ..masks.layouts import official_mask_path  # here, not at the top: opencir.masks imports torch
+
+    return ImageRecord(name, path, caption, official_mask_path("shoes", path, name, root))
+
+
 @DATASETS.register("shoes")
 def load_shoes(
     root: Path,
@@ -97,11 +108,7 @@ def load_shoes(
     list_path = _annotation_file(root, SPLIT_LISTS[split], f"Shoes {split} image list")
     names = list(dict.fromkeys(read_lines(list_path)))
     members = set(names)
-    fix = None
-    if corrections is not None:
-        folders = [root, root / "annotations"] if corrections == "auto" else [Path(corrections).expanduser()]
-        fix_path = find_file([f / "correction_dict_shoes.json" for f in folders], "Shoes spelling dictionary")
-        fix = {str(k): str(v) for k, v in expect_type(read_json(fix_path), dict, fix_path, "the dictionary").items()}
+    fix = read_corrections(corrections, [root, root / "annotations"], "shoes", "Shoes spelling dictionary")
     triplets = []
     for index, record in enumerate(expect_type(read_json(cap_path), list, cap_path, "the caption file")):
         where = f"record {index}"
@@ -118,7 +125,7 @@ def load_shoes(
         triplets.append(Triplet(str(index), reference, (text,), (target,)))
     found = _image_index(root, require_images)
     captions = _single_captions(root)
-    images = {n: ImageRecord(n, found.get(n, root / n), captions.get(n)) for n in names}
+    images = {n: _record(n, found.get(n, root / n), captions.get(n), root) for n in names}
     return CIRDataset(
         name="shoes",
         split=split,

@@ -28,6 +28,18 @@ CIRR_SUBSET_DEPTH = 3
 CIRCO_DEPTH = 50
 
 
+def _write_json(out_dir: str | Path, files: Mapping[str, object]) -> list[Path]:
+    """Write each ``{file name: content}`` as JSON into ``out_dir`` (created); the paths, in order."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, content in files.items():
+        path = out / name
+        path.write_text(json.dumps(content))
+        paths.append(path)
+    return paths
+
+
 def _strip_extension(name: str) -> str:
     for ext in (".png", ".jpg", ".jpeg"):
         if name.endswith(ext):
@@ -71,12 +83,7 @@ def write_cirr_submission(
 ) -> list[Path]:
     """Write ``recall_submission_<tag>.json`` and ``recall_subset_submission_<tag>.json``."""
     recall, subset = cirr_submission(dataset, rankings, subset_rankings)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"recall_submission_{tag}.json", out / f"recall_subset_submission_{tag}.json"]
-    for path, content in zip(paths, (recall, subset)):
-        path.write_text(json.dumps(content))
-    return paths
+    return _write_json(out_dir, {f"recall_submission_{tag}.json": recall, f"recall_subset_submission_{tag}.json": subset})
 
 
 def circo_submission(dataset: CIRDataset, rankings: Mapping[str, Sequence[str]]) -> dict[str, list[int]]:
@@ -98,11 +105,7 @@ def write_circo_submission(
     tag: str = "opencir",
 ) -> list[Path]:
     """Write ``circo_<split>_submission_<tag>.json``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"circo_{dataset.split}_submission_{tag}.json"
-    path.write_text(json.dumps(circo_submission(dataset, rankings)))
-    return [path]
+    return _write_json(out_dir, {f"circo_{dataset.split}_submission_{tag}.json": circo_submission(dataset, rankings)})
 
 
 def write_submission(

@@ -6,6 +6,8 @@ sum of raw reference-image and text features matches the target image feature
 Stage ``combiner``: CLIP (the stage-1 weights) is frozen and the Combiner MLP is trained
 on cached features. Preprocessing is TargetPad (ratio 1.25). Official checkpoints load:
 a stage-1 file with key ``"CLIP"`` and a Combiner file with key ``"Combiner"``.
+The paper's loss is in-batch InfoNCE (``loss: infonce``, the default); ``loss: nsfse``
+swaps in the negative-sensitive loss of ``opencir.losses`` (not part of CLIP4Cir).
 """
 from __future__ import annotations
 
@@ -17,14 +19,16 @@ import torch
 from torch import nn
 
 from ..backbones import ClipBackbone
-from .base import METHODS, CIRMethod, Features, MethodConfig, Requirements, in_batch_cross_entropy, normalize
+from .base import METHODS, CIRMethod, ContrastiveConfig, Features, Requirements, normalize
+from .official import describe_foreign_checkpoint, read_official_checkpoint, strip_module_prefix
+from .official import strip_module_prefix as _strip_prefix  # noqa: F401  (old name; pseudo_word.py imports it)
 
 STAGES = ("finetune", "combiner")
 ENCODER_CHOICES = ("both", "image", "text")
 
 
 @dataclass
-class Clip4CirConfig(MethodConfig):
+class Clip4CirConfig(ContrastiveConfig):
     """CLIP4Cir hyper-parameters (defaults: the README recipe, spec 2.4-2.5)."""
 
     stage: str = "finetune"
@@ -36,6 +40,7 @@ class Clip4CirConfig(MethodConfig):
     image_transform: str = "targetpad"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.stage not in STAGES:
             raise ValueError(f"clip4cir stage must be one of {STAGES}, got {self.stage!r}")
         if self.encoder not in ENCODER_CHOICES:
@@ -118,36 +123,29 @@ class Clip4Cir(CIRMethod):
     def loss(self, batch: Mapping[str, Features]) -> dict[str, torch.Tensor]:
         query = self.compose(batch["reference"], batch["text"])
         target = self.embed_targets(batch["target"])
-        loss = in_batch_cross_entropy(query, target, self.config.logit_scale)
-        return {"loss": loss, "contrastive": loss.detach()}
+        out = self.contrastive_loss(query, target, self.config.logit_scale)
+        return {**out.logs, "loss": out.loss, "contrastive": out.loss.detach()}
 
     # ----------------------------------------------------- official weights
     def load_official_checkpoint(self, path: str | Path) -> dict[str, Any]:
         """Load an official CLIP4Cir file: ``{"CLIP": state}`` (stage 1) or
-        ``{"Combiner": state}`` (stage 2). Returns a report of what was loaded."""
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        ``{"Combiner": state}`` (stage 2), read safely (``opencir.methods.official``).
+        Returns a report of what was loaded."""
+        state = read_official_checkpoint(path, "clip4cir")
         if not isinstance(state, Mapping) or not ({"CLIP", "Combiner"} & set(state)):
-            keys = sorted(state)[:8] if isinstance(state, Mapping) else type(state).__name__
+            found = describe_foreign_checkpoint(state, "clip4cir") if isinstance(state, Mapping) else f"found a {type(state).__name__}"
             raise ValueError(
-                f"{path} is not a CLIP4Cir checkpoint: expected a key 'CLIP' (stage 1) or "
-                f"'Combiner' (stage 2), found {keys}"
+                f"{path} is not a CLIP4Cir checkpoint: expected a key 'CLIP' (stage 1) or 'Combiner' (stage 2); {found}"
             )
         report: dict[str, Any] = {}
         if "CLIP" in state:
-            result = self.backbone.model.load_state_dict(_strip_prefix(state["CLIP"]), strict=False)
+            result = self.backbone.model.load_state_dict(strip_module_prefix(state["CLIP"]), strict=False)
             report["CLIP"] = {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
             if result.unexpected_keys or [k for k in result.missing_keys if k != "attn_mask"]:
                 raise ValueError(f"{path}: 'CLIP' weights do not fit backbone {self.backbone.spec.arch!r}: {report['CLIP']}")
         if "Combiner" in state:
             if self.combiner is None:
                 raise ValueError(f"{path} holds a Combiner but this model is stage {self.config.stage!r}; use stage=combiner")
-            self.combiner.load_state_dict(_strip_prefix(state["Combiner"]))
+            self.combiner.load_state_dict(strip_module_prefix(state["Combiner"]))
             report["Combiner"] = "loaded"
         return report
-
-
-def _strip_prefix(state: Mapping[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:
-    """Drop a DataParallel ``module.`` prefix if every key has it."""
-    if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
-    return dict(state)

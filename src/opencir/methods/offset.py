@@ -22,12 +22,7 @@ the whole pickled model that the official ``train.py`` saves, without importing 
 """
 from __future__ import annotations
 
-import builtins
 import math
-import pickle
-import struct
-import types
-from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -37,6 +32,7 @@ from torch import nn
 
 from ..backbones import ClipBackbone
 from .base import METHODS, CIRMethod, ContrastiveConfig, Features, Requirements, normalize
+from .official import describe_foreign_checkpoint, read_official_state_dict, strip_module_prefix
 from .tgcir import matching_degree_kl  # the same regulariser (spec 1.5)
 
 
@@ -284,7 +280,7 @@ class Offset(CIRMethod):
         Returns ``{"loaded": n, "ignored": [...]}``; ``ignored`` lists the official
         modules that its forward pass never uses. Fails clearly for another method's file.
         """
-        state = read_official_state_dict(path)
+        state = read_official_state_dict(path, "offset")
         mapped, ignored = map_official_state_dict(state, path)
         expected_p = mapped["image_focus.scores.weight"].shape[0]
         if expected_p != self.config.focus_channels:
@@ -350,10 +346,10 @@ OFFICIAL_SIGNATURE = ("backbone.cross_attention.qkv_A.weight", "affine.MLP.0.wei
 
 def map_official_state_dict(state: Mapping[str, torch.Tensor], source: str | Path = "checkpoint") -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename official OFFSET keys to OpenCIR keys; returns (mapped, ignored official keys)."""
-    state = _strip_prefix(state, "module.")
+    state = strip_module_prefix(state)
     missing = [k for k in OFFICIAL_SIGNATURE if k not in state]
     if missing:
-        raise ValueError(f"{source} is not an OFFSET checkpoint: it lacks {missing}; {_describe(state)}")
+        raise ValueError(f"{source} is not an OFFSET checkpoint: it lacks {missing}; {describe_foreign_checkpoint(state, 'offset')}")
     tokens = state["local_weight"].numel()
     p = state["backbone.chanel_score.2.weight"].shape[0]
     if tokens != 2 * p:
@@ -376,130 +372,3 @@ def map_official_state_dict(state: Mapping[str, torch.Tensor], source: str | Pat
     if unknown:
         raise ValueError(f"{source}: unknown keys for an OFFSET checkpoint: {unknown[:8]}")
     return mapped, ignored
-
-
-def _describe(state: Mapping[str, Any]) -> str:
-    """A hint about what kind of checkpoint ``state`` is."""
-    keys = list(state)
-    if {"CLIP", "Combiner"} & set(keys):
-        return "it looks like a CLIP4Cir checkpoint (keys 'CLIP'/'Combiner'); load it with method clip4cir"
-    if "backbone.masks.weight" in keys or any(k.startswith("backbone.tokenlearn.") for k in keys):
-        return "it looks like a TG-CIR checkpoint (backbone.masks / tokenlearn); load it with method tgcir"
-    if any(k.startswith("backbone.clip.") for k in keys):
-        return "it has an official-style CLIP backbone but not OFFSET's modules"
-    if any(k.startswith(("visual.", "transformer.")) for k in keys):
-        return "it looks like a plain CLIP state dict (use it as the backbone's pretrained weights)"
-    return f"first keys: {keys[:6]}"
-
-
-def _strip_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
-    return dict(state)
-
-
-def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict inside an official checkpoint file.
-
-    Accepts a state dict (optionally under ``state_dict`` / ``model``) or a whole pickled
-    model (official ``torch.save(model, ...)``); the latter is read with inert stand-in
-    classes, so neither the official code nor any non-torch class is imported or run.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory; an OpenCIR model directory loads with opencir.methods.load_model")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:  # a whole pickled model: read it with inert classes
-            obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_INERT_PICKLE)
-    except (pickle.UnpicklingError, struct.error, RuntimeError, EOFError, OSError, AttributeError, TypeError) as err:
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
-    if isinstance(obj, _Inert):
-        state = _module_state(obj)
-        if not state:
-            raise ValueError(f"{path} holds a pickled {type(obj).__qualname__} object without module parameters")
-        return state
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model", "model_state_dict"):
-            if key in obj and isinstance(obj[key], Mapping):
-                obj = obj[key]
-                break
-        return dict(obj)
-    raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict or a pickled model")
-
-
-class _Inert:
-    """Stand-in for any class in a pickled model: accepts construction, keeps its state."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __setstate__(self, state: Any) -> None:
-        if isinstance(state, tuple) and len(state) == 2:
-            state = {**(state[0] or {}), **(state[1] or {})}
-        if isinstance(state, dict):
-            self.__dict__.update(state)
-
-
-def _inert_class(module: str, name: str) -> type:
-    return type(name, (_Inert,), {"__module__": module, "__qualname__": name})
-
-
-def _inert_reconstructor(cls: type, base: type, state: Any) -> Any:
-    return cls() if isinstance(cls, type) and issubclass(cls, _Inert) else _Inert()
-
-
-def _safe_global(module: str, name: str) -> Any | None:
-    """The real object for the few tensor-rebuilding globals a checkpoint needs, else None."""
-    import collections
-
-    if module == "torch._utils" and name.startswith("_rebuild_"):
-        return getattr(torch._utils, name, None)
-    if (module, name) == ("torch._tensor", "_rebuild_from_type_v2"):
-        return torch._tensor._rebuild_from_type_v2
-    if module == "torch" and (name in ("Size", "Tensor", "device") or isinstance(getattr(torch, name, None), torch.dtype)):
-        return getattr(torch, name)
-    if (module, name) == ("torch.nn.parameter", "Parameter"):
-        return nn.Parameter
-    if (module, name) == ("collections", "OrderedDict"):
-        return collections.OrderedDict
-    if (module, name) == ("copyreg", "_reconstructor"):
-        return _inert_reconstructor
-    if module == "builtins" and name in ("set", "frozenset", "slice", "complex", "bytearray", "dict", "list", "tuple"):
-        return getattr(builtins, name)
-    if (module, name) == ("_codecs", "encode"):
-        import codecs
-
-        return codecs.encode
-    return None
-
-
-class _InertUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        # protocol-2 files (torch.save's default) name Python 2 modules: __builtin__, copy_reg
-        module, name = NAME_MAPPING.get((module, name), (IMPORT_MAPPING.get(module, module), name))
-        found = _safe_global(module, name)
-        return found if found is not None else _inert_class(module, name)
-
-
-_INERT_PICKLE = types.ModuleType("opencir_inert_pickle")
-_INERT_PICKLE.Unpickler = _InertUnpickler  # type: ignore[attr-defined]
-_INERT_PICKLE.load = pickle.load  # type: ignore[attr-defined]
-_INERT_PICKLE.__dict__["UnpicklingError"] = pickle.UnpicklingError
-
-
-def _module_state(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Parameters and persistent buffers of an inert nn.Module tree, by dotted name."""
-    state: dict[str, torch.Tensor] = {}
-    skip = set(getattr(obj, "_non_persistent_buffers_set", None) or ())
-    tensors = {**(getattr(obj, "_parameters", None) or {}), **(getattr(obj, "_buffers", None) or {})}
-    for name, value in tensors.items():
-        if isinstance(value, torch.Tensor) and name not in skip:
-            state[prefix + name] = value.detach()
-    for name, child in (getattr(obj, "_modules", None) or {}).items():
-        if child is not None:
-            state.update(_module_state(child, f"{prefix}{name}."))
-    return state

@@ -23,10 +23,7 @@ official ``train.py`` writes as ``best_model.pt``) load with ``load_official_che
 """
 from __future__ import annotations
 
-import io as _io
-import pickle
 import re
-import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -37,7 +34,7 @@ from torch.nn import functional as F
 
 from ..backbones import ClipBackbone
 from .base import METHODS, CIRMethod, Features, MethodConfig, Requirements, in_batch_cross_entropy, normalize
-from .clip4cir import _strip_prefix
+from .official import describe_foreign_checkpoint, read_official_state_dict
 
 
 @dataclass
@@ -271,11 +268,12 @@ class TgCir(CIRMethod):
 
         Accepts a state dict (optionally under ``state_dict``/``model``, optionally with a
         DataParallel ``module.`` prefix) or the whole pickled module written by the
-        official ``train.py`` (``torch.save(model, 'best_model.pt')``; unpickled with
-        placeholder classes, so the official code is not needed; only load trusted files).
+        official ``train.py`` (``torch.save(model, 'best_model.pt')``; read by
+        ``opencir.methods.official`` with inert stand-in classes, so neither the official
+        code nor any other class is imported or run).
         Returns ``{"loaded": n, "ignored": [...]}``.
         """
-        state = read_official_state(path)
+        state = read_official_state_dict(path, "tg-cir")
         mapped, ignored = official_to_opencir(state, path)
         self._check_official_sizes(mapped, path)
         result = self.load_state_dict(mapped, strict=False)
@@ -327,7 +325,7 @@ def official_to_opencir(state: Mapping[str, torch.Tensor], source: str | Path = 
     missing = [k for k in _REQUIRED if k not in state]
     if missing:
         raise ValueError(f"{source} is not an official TG-CIR (VCG_CIR) checkpoint: missing {missing}; "
-                         f"{_describe_foreign(state)}")
+                         f"{describe_foreign_checkpoint(state, 'tg-cir')}")
     mapped: dict[str, torch.Tensor] = {}
     ignored: list[str] = []
     heads: dict[int, dict[str, torch.Tensor]] = {}
@@ -350,62 +348,3 @@ def official_to_opencir(state: Mapping[str, torch.Tensor], source: str | Path = 
     mapped["token_learner.attention.weight"] = torch.stack([heads[i]["weight"].reshape(-1) for i in range(len(heads))])
     mapped["token_learner.attention.bias"] = torch.cat([heads[i]["bias"].reshape(-1) for i in range(len(heads))])
     return mapped, ignored
-
-
-def _describe_foreign(state: Mapping[str, Any]) -> str:
-    """A hint naming the method a non-TG-CIR checkpoint probably belongs to."""
-    keys = set(state)
-    if keys & {"CLIP", "Combiner"}:
-        return "it looks like a CLIP4Cir checkpoint (keys 'CLIP'/'Combiner'); load it with method clip4cir"
-    return f"found keys {sorted(keys)[:8]}"
-
-
-class _OfficialModulePlaceholder(nn.Module):
-    """Stands in for a class of the official code while unpickling a whole saved module."""
-
-
-def _placeholder_pickle_module() -> types.ModuleType:
-    """A ``pickle``-like module whose Unpickler swaps classes it cannot import for
-    ``nn.Module`` placeholders (the pickled attribute dicts give a working state_dict)."""
-
-    class Unpickler(pickle.Unpickler):
-        def find_class(self, module: str, name: str) -> Any:
-            try:
-                return super().find_class(module, name)
-            except (ImportError, AttributeError):
-                return type(name, (_OfficialModulePlaceholder,), {"__module__": f"official.{module}"})
-
-    module = types.ModuleType("opencir_official_pickle")
-    module.Unpickler = Unpickler  # type: ignore[attr-defined]
-    module.load = lambda f, **kw: Unpickler(f, **kw).load()  # type: ignore[attr-defined]
-    module.__dict__.update({"dump": pickle.dump, "dumps": pickle.dumps, "Pickler": pickle.Pickler})
-    return module
-
-
-def read_official_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """The raw official state dict of ``path`` (state-dict file or pickled whole module)."""
-    path = Path(path)
-    if path.is_dir():
-        hint = ""
-        if (path / "config.json").is_file():
-            hint = "; it is an OpenCIR model directory: load it with opencir.methods.io.load_model(path, 'tg-cir')"
-        raise ValueError(f"{path} is a directory, not an official TG-CIR checkpoint file{hint}")
-    if not path.is_file():
-        raise FileNotFoundError(f"official TG-CIR checkpoint not found: {path}")
-    try:
-        state: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        data = path.read_bytes()
-        state = torch.load(_io.BytesIO(data), map_location="cpu", weights_only=False,
-                           pickle_module=_placeholder_pickle_module())
-    if isinstance(state, nn.Module):
-        state = state.state_dict()
-    if isinstance(state, Mapping):
-        for wrapper in ("state_dict", "model", "model_state_dict"):
-            if wrapper in state and isinstance(state[wrapper], (Mapping, nn.Module)):
-                inner = state[wrapper]
-                state = inner.state_dict() if isinstance(inner, nn.Module) else inner
-                break
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a TG-CIR state dict or model")
-    return _strip_prefix(state)
