@@ -154,7 +154,7 @@ def test_nsfse_loss_is_infonce_plus_boundary_terms():
     loss_fn = build_loss("nsfse", {"ema_momentum": 0.0, "boundary_weight": 0.5, "infonce_weight": 2.0})
     out = loss_fn(q, t, 10.0)
     s = q @ t.t()
-    pos, neg = boundary_loss(s, adaptive_threshold(similarity_moments(s)), 0.05, 10.0, 40.0, 40.0)
+    pos, neg = boundary_loss(s, adaptive_threshold(similarity_moments(s)), 0.05, 10.0, 10.0, 10.0)
     assert out.loss.item() == pytest.approx(2.0 * info_nce(s, 10.0).item() + 0.5 * (pos + neg).item(), abs=1e-5)
     single = loss_fn(q[:1], t[:1], 10.0)  # one row: no negatives, InfoNCE only (0 here)
     assert single.loss.item() == pytest.approx(0.0, abs=1e-6)

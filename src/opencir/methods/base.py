@@ -9,11 +9,15 @@ L2-normalised query and target embeddings. A method splits its work in cacheable
 * ``compose(reference, text)`` -> (B, D) normalised query embeddings;
 * ``embed_targets(target)`` -> (B, D) normalised gallery embeddings;
 * ``loss(batch)`` -> dict of named scalar tensors with the total under ``"loss"``.
+
+Trainable methods whose config derives from ``ContrastiveConfig`` pick their in-batch
+contrastive loss by name (``loss: infonce`` or ``loss: nsfse``, see ``opencir.losses``)
+and call ``self.contrastive_loss(query, target, scale)``.
 """
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Sequence
 
 import torch
@@ -21,6 +25,7 @@ from torch import nn
 
 from ..backbones import ClipBackbone
 from ..data.captions import apply_caption_policy
+from ..losses import ContrastiveLoss, LossOutput, build_loss, info_nce, validate_loss_options
 from ..registry import Registry
 
 if TYPE_CHECKING:
@@ -60,6 +65,19 @@ class MethodConfig:
         return cls(**values)
 
 
+@dataclass
+class ContrastiveConfig(MethodConfig):
+    """Base config of methods trained with an in-batch contrastive loss chosen by name:
+    ``loss`` is a key of ``opencir.losses.LOSSES``, ``loss_options`` that loss's options.
+    Saved configs without these keys load with the defaults (plain InfoNCE)."""
+
+    loss: str = "infonce"
+    loss_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate_loss_options(self.loss, self.loss_options)
+
+
 class CIRMethod(nn.Module):
     """Base class: subclasses set ``name`` and ``config_class`` and implement the steps."""
 
@@ -72,6 +90,10 @@ class CIRMethod(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.config = config
+        # The loss is a submodule: stateful losses (nsfse's EMA) are saved with the model.
+        self.criterion: ContrastiveLoss | None = (
+            build_loss(config.loss, config.loss_options) if isinstance(config, ContrastiveConfig) else None
+        )
 
     # ------------------------------------------------------------- contract
     def query_text(self, dataset: "CIRDataset", triplet: "Triplet", train: bool, rng: random.Random) -> str:
@@ -105,6 +127,14 @@ class CIRMethod(nn.Module):
     def loss(self, batch: Mapping[str, Features]) -> dict[str, torch.Tensor]:
         """Training losses for a batch with keys ``reference``, ``text``, ``target``."""
         raise NotImplementedError(f"method {self.name!r} has no training loss (it is not trainable)")
+
+    def contrastive_loss(self, query: torch.Tensor, target: torch.Tensor, scale: float | torch.Tensor) -> LossOutput:
+        """The configured contrastive loss on normalised (B, D) query/target rows (row i is
+        the positive pair); in-batch InfoNCE when the config has no ``loss`` field."""
+        if self.criterion is None:
+            loss = in_batch_cross_entropy(query, target, scale)
+            return LossOutput(loss, {"infonce": loss.detach()})
+        return self.criterion(query, target, scale)
 
     # ------------------------------------------------------------ training
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
@@ -146,6 +176,4 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 
 def in_batch_cross_entropy(query: torch.Tensor, target: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
     """CE(scale * Q T^T, diag) for normalised (B, D) query and target rows (spec 1.4)."""
-    logits = scale * query @ target.t()
-    labels = torch.arange(query.shape[0], device=query.device)
-    return nn.functional.cross_entropy(logits, labels)
+    return info_nce(query @ target.t(), scale)

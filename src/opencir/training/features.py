@@ -82,7 +82,8 @@ def feature_cache_key(method: CIRMethod, transform_name: str) -> str:
         {
             "backbone": method.backbone.fingerprint(),
             "method": method.name,
-            "config": method.config.to_dict(),
+            # the training loss never changes image features: switching it keeps the cache
+            "config": {k: v for k, v in method.config.to_dict().items() if k not in ("loss", "loss_options")},
             "transform": transform_name,
             "size": method.backbone.image_size,
             "masks": method.requirements.needs_masks,
