@@ -33,12 +33,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..backbones import ClipBackbone
-from .base import METHODS, CIRMethod, Features, MethodConfig, Requirements, in_batch_cross_entropy, normalize
+from .base import METHODS, CIRMethod, ContrastiveConfig, Features, Requirements, in_batch_cross_entropy, normalize
 from .official import describe_foreign_checkpoint, read_official_state_dict
 
 
 @dataclass
-class TgCirConfig(MethodConfig):
+class TgCirConfig(ContrastiveConfig):
     """TG-CIR hyper-parameters. Defaults: the official FashionIQ command (spec 3.4-3.5).
 
     Official argument names: ``global_tokens`` = P, ``local_tokens`` = Q,
@@ -62,6 +62,7 @@ class TgCirConfig(MethodConfig):
     caption_policy: str = "tgcir"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.global_tokens < 1 or self.local_tokens < 1:
             raise ValueError(
                 f"tg-cir needs global_tokens >= 1 and local_tokens >= 1, got {self.global_tokens}, {self.local_tokens}"
@@ -223,7 +224,9 @@ class TgCir(CIRMethod):
         query, target = normalize(fused_s.mean(dim=1)), normalize(tgt.mean(dim=1))
         teacher_target = self.teacher_vector(tgt)
         return {
-            "student": in_batch_cross_entropy(query, target, self.scale),
+            # the configured loss (InfoNCE by default) on the student; the teacher keeps plain
+            # InfoNCE so a stateful loss (nsfse's EMA) sees one distribution per step
+            "student": self.contrastive_loss(query, target, self.scale).loss,
             "teacher": in_batch_cross_entropy(self.teacher_vector(fused_t), teacher_target, self.scale),
             "gate": F.mse_loss(beta + gamma, torch.ones_like(beta)),
             "orthogonal": (orthogonal_regularisation(ref) + orthogonal_regularisation(tgt) + orthogonal_regularisation(txt)) / 3,
