@@ -2,7 +2,7 @@
 
 NSFSE here is a RECONSTRUCTION (spec 6.3, [INFERRED]); the paper has no public code.
 Four runs share the data, the frozen small CLIP pre-trained on cir-shapes, the training
-subset, optimiser, schedule and epochs (the settings of configs/recipes/nsfse-cirshapes.yaml):
+subset, optimiser, schedule and epochs (the settings of src/opencir/recipes/nsfse-cirshapes.yaml):
 
 * ``nsfse+infonce``     the reconstructed composer trained with in-batch InfoNCE only;
 * ``nsfse+nsfse``       the same composer with the negative-sensitive loss (+ InfoNCE);

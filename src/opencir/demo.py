@@ -20,7 +20,7 @@ from .data import load_dataset
 from .evaluation.evaluator import evaluate
 from .evaluation.plots import bar_plot, retrieval_grid
 from .methods.io import build_method, load_model
-from .training.config import BackboneConfig, DatasetConfig, RunConfig, TrainConfig
+from .training.config import BackboneConfig, DatasetConfig, RunConfig, TrainConfig, load_run_config
 from .training.run import pretrain_small_clip, run_from_config
 from .training.trainer import resolve_device
 
@@ -42,6 +42,8 @@ class DemoSettings:
     stage2_epochs: int = 30
     stage2_lr: float = 2e-4
     batch_size: int = 128
+    extra_methods: tuple[str, ...] = ()
+    """Methods trained after CLIP4Cir from their shipped ``<name>-cirshapes`` recipes."""
 
 
 def default_cache_root() -> Path:
@@ -64,6 +66,22 @@ def format_table(table: dict[str, dict[str, float]], metrics: tuple[str, ...] = 
     for name, row in table.items():
         lines.append(name.ljust(width) + "".join(f"{row[m]:9.2f}" for m in metrics))
     return "\n".join(lines)
+
+
+EXTRA_METHODS = ("tg-cir", "offset", "pic2word", "context-i2w", "nsfse")
+METHOD_LABELS = {"nsfse": "nsfse (reconstruction, no official code)"}
+
+
+def _train_recipe_and_evaluate(name: str, data: Path, checkpoint: Path, workdir: Path, cache: str, device: str,
+                               test, timings: dict[str, float]) -> dict[str, float]:
+    """Train method ``name`` with its shipped ``<name>-cirshapes`` recipe on the demo's data
+    and small CLIP; return its test metrics."""
+    config = load_run_config(f"{name}-cirshapes", [
+        f"backbone.pretrained={checkpoint}", f"dataset.root={data}", f"output_dir={workdir / 'runs' / name}",
+        f"cache_dir={cache}", f"device={device}"])
+    summary = _timed(f"train {name}", timings, lambda: run_from_config(config))
+    model = load_model(summary["best_model"], device=resolve_device(device))
+    return _timed(f"evaluate {name}", timings, lambda: evaluate(model, test, 256, resolve_device(device), cache).metrics)
 
 
 def run_demo(workdir: str | Path = "opencir-demo", settings: DemoSettings = DemoSettings(), device: str = "auto") -> dict[str, Any]:
@@ -117,6 +135,8 @@ def run_demo(workdir: str | Path = "opencir-demo", settings: DemoSettings = Demo
     combiner = load_model(s2["best_model"], device=dev)
     final = _timed("evaluate CLIP4Cir", timings, lambda: evaluate(combiner, test, 256, dev, cache, keep_rankings=True))
     table["clip4cir (Combiner)"] = final.metrics
+    for name in settings.extra_methods:
+        table[METHOD_LABELS.get(name, name)] = _train_recipe_and_evaluate(name, data, checkpoint, workdir, cache, device, test, timings)
 
     files = {
         "results": workdir / "results.json",

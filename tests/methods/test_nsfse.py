@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
+
+from opencir.recipes import recipe_path
 import torch
 
 from opencir.backbones import BackboneSpec, ClipBackbone
@@ -165,7 +167,7 @@ def test_recipes_load(benchmark):
 
     from opencir.training.config import load_run_config
 
-    recipe = Path(__file__).resolve().parents[2] / "configs" / "recipes" / f"nsfse-{benchmark}.yaml"
+    recipe = recipe_path(f"nsfse-{benchmark}")
     config = load_run_config(recipe)
     assert config.method == "nsfse"
     method_config = NsfseConfig.from_dict(config.method_config)

@@ -18,7 +18,7 @@ from opencir.methods.tgcir import TgCir, TgCirConfig, TokenLearner, initial_mask
 from opencir.training.config import BackboneConfig, DatasetConfig, RunConfig, TrainConfig, load_run_config
 from opencir.training.trainer import Trainer
 
-RECIPES = Path(__file__).resolve().parents[2] / "configs" / "recipes"
+from opencir.recipes import RECIPE_DIR as RECIPES
 TEXTS = ["make the red circle blue", "remove the square", "add a small cross", "move the diamond to the center"]
 
 
@@ -241,7 +241,7 @@ def test_trains_with_the_trainer_and_round_trips(shapes_root, tmp_path):
 
 @pytest.mark.parametrize("name", ["fashioniq", "shoes", "cirr", "cirshapes"])
 def test_recipes_load(name):
-    config = load_run_config(RECIPES / f"tgcir-{name}.yaml")
+    config = load_run_config(RECIPES / f"tg-cir-{name}.yaml")
     assert config.method == "tg-cir"
     cfg = TgCirConfig.from_dict(config.method_config)
     assert cfg.backbone_lr == 1e-5 or name == "cirshapes"

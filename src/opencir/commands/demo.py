@@ -9,12 +9,19 @@ from . import COMMANDS, Command
 def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default="opencir-demo", help="folder for data, runs and results")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--methods", default="", help="comma-separated extra methods to train from their "
+                        "<name>-cirshapes recipes and add to the table (e.g. tg-cir,offset,pic2word,context-i2w,nsfse; "
+                        "'all' for every one); each adds minutes")
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..demo import run_demo
+    from ..demo import EXTRA_METHODS, DemoSettings, run_demo
 
-    run_demo(args.workdir, device=args.device)
+    names = EXTRA_METHODS if args.methods == "all" else tuple(m for m in args.methods.split(",") if m)
+    unknown = sorted(set(names) - set(EXTRA_METHODS))
+    if unknown:
+        raise ValueError(f"--methods: no cir-shapes recipe for {unknown}; choose from {', '.join(EXTRA_METHODS)}")
+    run_demo(args.workdir, DemoSettings(extra_methods=names), device=args.device)
     return 0
 
 

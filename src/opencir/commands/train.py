@@ -8,7 +8,7 @@ from . import COMMANDS, Command
 
 
 def _add(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML run config (see configs/)")
+    parser.add_argument("--config", help="YAML run config: a file or a shipped recipe name (src/opencir/recipes)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3 method_config.stage=combiner")
     parser.add_argument("--no-resume", action="store_true", help="start over even if a last checkpoint exists")
 
