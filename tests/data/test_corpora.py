@@ -112,7 +112,8 @@ def test_mask_captions_command_then_train_context_i2w_on_the_corpus(tmp_path):
     assert all(r.caption == "<|replace|> on the left" for r in corpus.images.values())
     torch.manual_seed(0)
     method = build_method("context-i2w", BackboneSpec("tiny-vit"),
-                          {"depth": 1, "heads": 2, "dim_head": 8, "masker": "none"})
+                          {"depth": 1, "heads": 2, "dim_head": 8, "masker": "none", "cache_image_features": False})
+    assert not method.requirements.image_encoder_frozen  # streams pixels with the random-crop train transform
     config = RunConfig(method="context-i2w", dataset=DatasetConfig(name="image-captions", root=str(out), val_split=None),
                        train=TrainConfig(epochs=1, batch_size=3, lr=1e-3, amp=False), output_dir=str(tmp_path / "run"),
                        device="cpu", cache_dir=None)
