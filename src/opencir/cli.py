@@ -7,6 +7,7 @@ import sys
 from typing import Sequence
 
 from .commands import COMMANDS
+from .retrieval.errors import IndexBusyError
 
 
 class UserError(Exception):
@@ -43,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
         return int(args._run(args) or 0)
-    except (UserError, FileNotFoundError, KeyError, ValueError) as err:
+    except (UserError, FileNotFoundError, KeyError, ValueError, IndexBusyError) as err:
         if args.verbose:
             raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err

@@ -1,0 +1,58 @@
+"""``opencir index``: embed a catalogue with a model's target encoder into an index directory."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from . import COMMANDS, Command
+
+
+def _add(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="index directory (created, or updated when it exists)")
+    parser.add_argument("--model", help="saved model directory whose target encoder embeds the images")
+    parser.add_argument("--images", help="image folder or manifest .csv (columns: path[,id][,mask_path][,metadata...])")
+    parser.add_argument("--backend", help="exact (default) | faiss | milvus; only when the index is created")
+    parser.add_argument("--factory", help="FAISS factory string for --backend faiss, e.g. IVF1024,Flat or HNSW32")
+    parser.add_argument("--option", action="append", default=[], help="backend option key=value (repeatable), "
+                        "e.g. nprobe=32, ef_search=128, uri=http://host:19530, index_type=IVF_FLAT")
+    parser.add_argument("--shard-size", type=int, default=1024, help="images per resumable shard")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-workers", type=int, default=0, help="image loading processes")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--delete", action="append", default=[], metavar="ID", help="remove an image id (repeatable)")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..retrieval.indexing import delete_images, index_catalogue
+
+    if args.delete:
+        if args.model or args.images:
+            raise ValueError("--delete is used on its own: run adding and deleting as two commands")
+        count = delete_images(args.out, args.delete)
+        print(f"deleted {len(set(args.delete))} images; {args.out} now holds {count}")
+        return 0
+    if not args.model or not args.images:
+        raise ValueError("give --model DIR and --images DIR|manifest.csv (or --delete ID to remove images)")
+    from ..methods import load_model
+    from ..retrieval.catalogue import read_catalogue
+    from ..training.trainer import resolve_device
+    from .eval import parse_options
+
+    options = parse_options(args.option)
+    if args.factory:
+        if (args.backend or "exact") != "faiss":
+            raise ValueError("--factory needs --backend faiss")
+        options["factory"] = args.factory
+    device = resolve_device(args.device)
+    catalogue = read_catalogue(args.images)
+    method = load_model(args.model, device=device)
+    report = index_catalogue(method, catalogue, args.out, args.backend, options, args.shard_size,
+                             args.batch_size, device, args.num_workers, model_dir=args.model)
+    print(json.dumps({
+        "index": str(report.index_dir), "added": report.added, "already_indexed": report.already_indexed,
+        "encoded_shards": report.encoded_shards, "resumed_shards": report.reused_shards, "total": report.total,
+    }, indent=2))
+    return 0
+
+
+COMMANDS.register("index")(Command("embed an image folder or manifest.csv into a search index", _add, _run))

@@ -1,0 +1,143 @@
+"""The vector-index backend interface and its registry.
+
+A backend stores L2-normalised float32 vectors under int64 keys and answers top-k
+inner-product queries. It knows nothing about image ids, paths or models: the index
+directory (``retrieval.store.IndexStore``) maps keys to images and decides when state
+is persisted. Backends are looked up by name in ``INDEX_BACKENDS``:
+
+* ``exact``  - FAISS flat inner product (the embedded default, exact results);
+* ``faiss``  - any FAISS index built from a factory string (``IVF1024,Flat``, ``HNSW32``);
+* ``milvus`` - a Milvus collection (a cluster, or milvus-lite for a local file).
+"""
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from ..registry import Registry
+
+DATA_DIR = "data"
+"""Sub-folder of an index directory holding segments, records and backend files."""
+
+SearchOutput = tuple[np.ndarray, np.ndarray]
+"""scores (Q, k) float32 and keys (Q, k) int64; missing slots hold -inf and -1."""
+
+
+class IndexBackend(ABC):
+    """Stores (key, vector) pairs and searches them by inner product.
+
+    Lifecycle: ``create`` (a new empty index) or ``load`` (from the state a previous
+    ``save`` returned); ``add``/``remove`` mutate; ``save(root, tag)`` persists into new
+    files under ``root/DATA_DIR`` named with ``tag`` and returns the JSON state that
+    ``load`` needs. ``root`` is always the index directory; file names in the state are
+    relative to it.
+    ``after_commit`` runs once the index manifest naming that state is on disk (backends
+    whose storage is external defer destructive operations to it).
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, dim: int, options: Mapping[str, Any]) -> None:
+        self.dim = dim
+        self.options = dict(options)
+
+    # ---------------------------------------------------------------- lifecycle
+    @classmethod
+    def create(cls, dim: int, options: Mapping[str, Any], directory: Path) -> "IndexBackend":
+        """A new, empty index of ``dim``-d vectors; ``directory`` is the index directory (root)."""
+        return cls(dim, cls.resolve_options(options))
+
+    @classmethod
+    @abstractmethod
+    def load(cls, dim: int, options: Mapping[str, Any], state: Mapping[str, Any], directory: Path) -> "IndexBackend":
+        """Reopen the index described by ``state`` (as returned by ``save``); ``directory`` is the root."""
+
+    @classmethod
+    def resolve_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate ``options`` and fill defaults; the result is stored in the manifest."""
+        return dict(options)
+
+    @abstractmethod
+    def save(self, directory: Path, tag: str) -> dict[str, Any]:
+        """Persist into new files under ``directory / DATA_DIR`` named with ``tag``; returns the state."""
+
+    def state_files(self, state: Mapping[str, Any]) -> list[str]:
+        """Files (relative to the index directory root) that ``state`` refers to."""
+        return []
+
+    def after_commit(self) -> None:
+        """Called once the manifest naming the last saved state is written."""
+
+    def close(self) -> None:
+        """Release connections or file handles."""
+
+    # --------------------------------------------------------------- mutation
+    @abstractmethod
+    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Add rows: keys (N,) int64 (new, unique), vectors (N, D) float32."""
+
+    @abstractmethod
+    def remove(self, keys: np.ndarray) -> None:
+        """Remove keys (N,) int64; unknown keys are ignored."""
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Number of live vectors."""
+
+    # ----------------------------------------------------------------- search
+    @abstractmethod
+    def search(self, queries: np.ndarray, k: int, exclude: Sequence[Sequence[int]] | None = None) -> SearchOutput:
+        """Top-``k`` keys per query by inner product; ``exclude[i]`` lists keys never
+        returned for query i. queries (Q, D) float32 -> scores (Q, k), keys (Q, k)."""
+
+    # ---------------------------------------------------------------- helpers
+    def check_vectors(self, keys: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Validate and convert an ``add`` batch to contiguous int64 / float32 arrays."""
+        keys = np.ascontiguousarray(keys, dtype=np.int64).reshape(-1)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"{self.name} index holds {self.dim}-d vectors, got an array of shape {vectors.shape}")
+        if len(keys) != len(vectors):
+            raise ValueError(f"{len(keys)} keys for {len(vectors)} vectors")
+        return keys, vectors
+
+    def check_queries(self, queries: np.ndarray, k: int) -> np.ndarray:
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries[None]
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(f"{self.name} index holds {self.dim}-d vectors, got queries of shape {queries.shape}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        return queries
+
+
+def empty_results(num_queries: int, k: int) -> SearchOutput:
+    """Score/key arrays filled with the "no result" markers (-inf, -1)."""
+    return np.full((num_queries, k), -np.inf, dtype=np.float32), np.full((num_queries, k), -1, dtype=np.int64)
+
+
+INDEX_BACKENDS: Registry[type[IndexBackend]] = Registry("index backend")
+
+BUILTIN_BACKEND_MODULES: list[str] = ["faiss_backend", "milvus_backend"]
+
+
+def _import_builtin_backends() -> None:
+    for module in BUILTIN_BACKEND_MODULES:
+        importlib.import_module(f"{__package__}.{module}")
+
+
+def get_backend(name: str) -> type[IndexBackend]:
+    """The backend class registered as ``name`` (importing the built-in backends first)."""
+    _import_builtin_backends()
+    return INDEX_BACKENDS.get(name)
+
+
+def list_backends() -> list[str]:
+    """Names of every registered backend."""
+    _import_builtin_backends()
+    return INDEX_BACKENDS.names()

@@ -1,0 +1,426 @@
+"""The index directory: vectors, image ids/paths/metadata, backend state and a manifest.
+
+Layout of ``IDX/``::
+
+    manifest.json             written last, atomically: names everything below that is live
+    data/seg-<hex>.npy        immutable (n, D) float32 vector segments (the source of truth)
+    data/records-<gen>.json   columns: image ids, int64 keys, paths, metadata, segment + row
+    data/<backend>-<gen>.*    backend state (e.g. the FAISS index file) of generation <gen>
+    build/                    shards of an unfinished ``opencir index`` job (see indexing.py)
+    .lock                     held by the one process allowed to write
+
+Every commit writes new files for a new generation and then replaces ``manifest.json``;
+files the new manifest does not name are deleted afterwards. A crash at any point leaves
+the previous manifest, and with it a complete previous index, in place.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import IndexBusyError
+from .files import atomic_save_npy, atomic_write_json
+from .index import DATA_DIR, IndexBackend, get_backend
+
+if TYPE_CHECKING:
+    from ..methods.base import CIRMethod
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DATA = DATA_DIR
+LOCK = ".lock"
+
+
+class FingerprintMismatch(ValueError):
+    """The model given does not produce the embeddings stored in the index."""
+
+
+# --------------------------------------------------------------------- model identity
+def model_description(method: "CIRMethod") -> dict[str, Any]:
+    """What an index records about the model that embedded its images."""
+    from ..training.features import method_transform
+
+    return {
+        "method": method.name,
+        "method_config": method.config.to_dict(),
+        "backbone": method.backbone.spec.to_dict(),
+        "backbone_fingerprint": method.backbone.fingerprint(),
+        "image_transform": method_transform(method)[0],
+        "image_size": method.backbone.image_size,
+    }
+
+
+def model_fingerprint(method: "CIRMethod") -> str:
+    """Identifies the embeddings a model produces: the feature key of
+    ``training.features`` (backbone weight fingerprint, method name + config,
+    preprocessing) combined with a hash of the method's own (non-backbone) weights."""
+    from ..training.features import feature_cache_key, method_transform
+
+    digest = hashlib.sha256(feature_cache_key(method, method_transform(method)[0]).encode())
+    for name, tensor in sorted(method.state_dict().items()):
+        if not name.startswith("backbone."):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
+# --------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class Record:
+    """One indexed image."""
+
+    image_id: str
+    key: int
+    path: str
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass
+class RecordTable:
+    """Columns of the indexed images; row i describes ``ids[i]``."""
+
+    ids: list[str] = field(default_factory=list)
+    keys: list[int] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    metadata: list[dict[str, Any] | None] = field(default_factory=list)
+    segments: list[int] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._reindex()
+
+    def _reindex(self) -> None:
+        self.position = {image_id: i for i, image_id in enumerate(self.ids)}
+        self.key_position = {key: i for i, key in enumerate(self.keys)}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def record(self, i: int) -> Record:
+        return Record(self.ids[i], self.keys[i], self.paths[i], self.metadata[i])
+
+    def append(self, ids: Sequence[str], keys: Sequence[int], paths: Sequence[str],
+               metadata: Sequence[dict[str, Any] | None], segment: int) -> None:
+        start = len(self.ids)
+        self.ids += list(ids)
+        self.keys += [int(k) for k in keys]
+        self.paths += [str(p) for p in paths]
+        self.metadata += list(metadata)
+        self.segments += [segment] * len(ids)
+        self.rows += list(range(len(ids)))
+        for i in range(start, len(self.ids)):
+            self.position[self.ids[i]] = i
+            self.key_position[self.keys[i]] = i
+
+    def drop(self, ids: Iterable[str]) -> None:
+        gone = {self.position[i] for i in ids}
+        keep = [i for i in range(len(self.ids)) if i not in gone]
+        for name in ("ids", "keys", "paths", "metadata", "segments", "rows"):
+            column = getattr(self, name)
+            setattr(self, name, [column[i] for i in keep])
+        self._reindex()
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in ("ids", "keys", "paths", "metadata", "segments", "rows")}
+
+    @classmethod
+    def from_json(cls, payload: Mapping[str, Any], source: Path) -> "RecordTable":
+        try:
+            table = cls(**{name: list(payload[name]) for name in ("ids", "keys", "paths", "metadata", "segments", "rows")})
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{source} is not a valid records file: {err}") from None
+        lengths = {len(getattr(table, n)) for n in ("ids", "keys", "paths", "metadata", "segments", "rows")}
+        if len(lengths) != 1:
+            raise ValueError(f"{source}: record columns have different lengths")
+        return table
+
+
+# ----------------------------------------------------------------------------- store
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """The parsed manifest of an index directory, with errors that say what to do."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        hint = ""
+        if (directory / "build").is_dir():
+            hint = "; an indexing job was interrupted there: rerun the same `opencir index` command to resume it"
+        raise FileNotFoundError(f"{directory} is not an OpenCIR index directory: {MANIFEST} is missing{hint}")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    for key in ("format_version", "generation", "dim", "backend", "fingerprint", "records_file", "segments"):
+        if key not in manifest:
+            raise ValueError(f"{path} has no {key!r} field; is it an OpenCIR index?")
+    if manifest["format_version"] > FORMAT_VERSION:
+        raise ValueError(f"{path} has format_version {manifest['format_version']}; this OpenCIR reads <= {FORMAT_VERSION}")
+    return manifest
+
+
+def acquire_writer_lock(directory: Path) -> int:
+    """Take the index directory's writer lock (one writing process at a time); returns its fd."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise IndexBusyError(f"{directory} is being written by another process; wait for it to finish") from None
+    return fd
+
+
+def release_writer_lock(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class IndexStore:
+    """An index directory opened for search (and, with ``writable``, for add/delete/commit)."""
+
+    def __init__(self, directory: Path, manifest: dict[str, Any], records: RecordTable,
+                 backend: IndexBackend, writable: bool, take_lock: bool = True) -> None:
+        self.directory = directory
+        self.manifest = manifest
+        self.records = records
+        self.backend = backend
+        self.writable = writable
+        self._lock_fd: int | None = None
+        self._segments: list[str] = list(manifest["segments"])
+        self._next_key = int(manifest.get("next_key", 0))
+        self._dirty = False
+        if writable and take_lock:
+            self._lock_fd = acquire_writer_lock(directory)
+
+    # ------------------------------------------------------------ open / create
+    @classmethod
+    def create(cls, directory: str | Path, dim: int, backend: str, backend_options: Mapping[str, Any] | None,
+               fingerprint: str, model: Mapping[str, Any], take_lock: bool = True) -> "IndexStore":
+        """A new, empty, writable index; nothing is on disk until ``commit``."""
+        directory = Path(directory)
+        if (directory / MANIFEST).exists():
+            raise FileExistsError(f"{directory} already holds an index; open it to add images")
+        (directory / DATA).mkdir(parents=True, exist_ok=True)
+        backend_cls = get_backend(backend)
+        instance = backend_cls.create(dim, dict(backend_options or {}), directory)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "generation": 0,
+            "dim": int(dim),
+            "count": 0,
+            "next_key": 0,
+            "backend": {"name": backend, "options": instance.options, "state": {}},
+            "fingerprint": fingerprint,
+            "model": dict(model),
+            "records_file": None,
+            "segments": [],
+            "created": _now(),
+        }
+        try:
+            return cls(directory, manifest, RecordTable(), instance, writable=True, take_lock=take_lock)
+        except BaseException:
+            instance.close()
+            raise
+
+    @classmethod
+    def open(cls, directory: str | Path, writable: bool = False, take_lock: bool = True) -> "IndexStore":
+        """Open the committed index in ``directory``."""
+        directory = Path(directory)
+        manifest = read_manifest(directory)
+        records_path = directory / DATA / manifest["records_file"]
+        try:
+            records = RecordTable.from_json(json.loads(records_path.read_text()), records_path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{records_path} is missing; the index directory {directory} is damaged") from None
+        spec = manifest["backend"]
+        backend = get_backend(spec["name"]).load(manifest["dim"], spec["options"], spec["state"], directory)
+        try:
+            return cls(directory, manifest, records, backend, writable, take_lock)
+        except BaseException:
+            backend.close()
+            raise
+
+    def close(self) -> None:
+        """Release the backend and the writer lock (uncommitted changes are dropped)."""
+        self.backend.close()
+        if self._lock_fd is not None:
+            release_writer_lock(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> "IndexStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["fingerprint"]
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __contains__(self, image_id: object) -> bool:
+        return image_id in self.records.position
+
+    def get(self, image_id: str) -> Record:
+        """The record of ``image_id``; KeyError names the index when it is unknown."""
+        try:
+            return self.records.record(self.records.position[image_id])
+        except KeyError:
+            raise KeyError(f"image id {image_id!r} is not in the index {self.directory}") from None
+
+    def ids(self) -> list[str]:
+        return list(self.records.ids)
+
+    def vectors(self, ids: Sequence[str]) -> np.ndarray:
+        """Stored (len(ids), D) float32 embeddings of ``ids``, read from the segments."""
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        loaded: dict[int, np.ndarray] = {}
+        for i, image_id in enumerate(ids):
+            pos = self.records.position.get(image_id)
+            if pos is None:
+                raise KeyError(f"image id {image_id!r} is not in the index {self.directory}")
+            seg = self.records.segments[pos]
+            if seg not in loaded:
+                loaded[seg] = np.load(self.directory / DATA / self._segments[seg], mmap_mode="r")
+            out[i] = loaded[seg][self.records.rows[pos]]
+        return out
+
+    def check_fingerprint(self, fingerprint: str, model_name: str = "the model") -> None:
+        """Refuse a model whose embeddings differ from the ones in this index."""
+        if fingerprint != self.fingerprint:
+            built = self.manifest.get("model", {})
+            raise FingerprintMismatch(
+                f"{model_name} (fingerprint {fingerprint}) is not the model that built the index {self.directory} "
+                f"(fingerprint {self.fingerprint}, method {built.get('method')!r} on {built.get('backbone', {}).get('arch')!r}); "
+                "its embeddings are not comparable: search with that model or build a new index with this one"
+            )
+
+    def search(self, queries: np.ndarray, k: int,
+               exclude_ids: Sequence[Iterable[str]] | None = None) -> list[list[tuple[Record, float]]]:
+        """Top-``k`` records per query. queries (Q, D) float32; ``exclude_ids[i]`` are image
+        ids never returned for query i (unknown ids are ignored)."""
+        queries = np.asarray(queries, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries[None]
+        exclude = None
+        if exclude_ids is not None:
+            position = self.records.position
+            exclude = [[self.records.keys[position[i]] for i in ids if i in position] for ids in exclude_ids]
+        k = min(k, len(self.records))
+        if k == 0:
+            return [[] for _ in range(len(queries))]
+        fetch = k
+        while True:
+            scores, keys = self.backend.search(queries, fetch, exclude)
+            results = [
+                [(self.records.record(self.records.key_position[key]), float(score))
+                 for score, key in zip(row_scores, row_keys) if key in self.records.key_position][:k]
+                for row_scores, row_keys in zip(scores, keys.tolist())
+            ]
+            # keys unknown to the records (left by an interrupted external write) were dropped:
+            # fetch deeper until every query has k results or the backend ran out
+            short = any(len(r) < k and (row_keys >= 0).all() for r, row_keys in zip(results, keys))
+            if not short or fetch >= 4 * k + 64:
+                return results
+            fetch = 2 * fetch + 16
+
+    # ---------------------------------------------------------------- mutation
+    def _check_writable(self) -> None:
+        if not self.writable:
+            raise RuntimeError(f"{self.directory} was opened read-only")
+
+    def add(self, ids: Sequence[str], vectors: np.ndarray, paths: Sequence[str | Path],
+            metadata: Sequence[dict[str, Any] | None] | None = None) -> None:
+        """Stage new images: ids (N,), vectors (N, D) float32 (L2-normalised), paths (N,)."""
+        self._check_writable()
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape != (len(ids), self.dim):
+            raise ValueError(f"expected vectors of shape ({len(ids)}, {self.dim}), got {vectors.shape}")
+        if len(paths) != len(ids) or (metadata is not None and len(metadata) != len(ids)):
+            raise ValueError("ids, paths and metadata must have the same length")
+        clash = [i for i in ids if i in self.records.position]
+        if clash or len(set(ids)) != len(ids):
+            raise ValueError(f"image ids already in the index (or repeated): {sorted(set(clash))[:10] or 'repeated ids'}; "
+                             "delete them first to replace them")
+        if len(ids) == 0:
+            return
+        name = f"seg-{uuid.uuid4().hex[:16]}.npy"
+        atomic_save_npy(self.directory / DATA / name, vectors)
+        keys = np.arange(self._next_key, self._next_key + len(ids), dtype=np.int64)
+        self.backend.add(keys, vectors)
+        self._segments.append(name)
+        self.records.append(ids, keys.tolist(), [str(p) for p in paths],
+                            list(metadata) if metadata is not None else [None] * len(ids), len(self._segments) - 1)
+        self._next_key += len(ids)
+        self._dirty = True
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Stage the removal of ``ids``; unknown ids raise KeyError naming them."""
+        self._check_writable()
+        unknown = [i for i in ids if i not in self.records.position]
+        if unknown:
+            raise KeyError(f"image ids not in the index {self.directory}: {unknown[:10]}")
+        keys = np.array([self.records.keys[self.records.position[i]] for i in ids], dtype=np.int64)
+        self.backend.remove(keys)
+        self.records.drop(ids)
+        self._dirty = True
+
+    def commit(self) -> None:
+        """Write the staged changes as a new generation; the manifest goes last."""
+        self._check_writable()
+        if not self._dirty and self.manifest["records_file"] is not None:
+            return
+        data = self.directory / DATA
+        generation = int(self.manifest["generation"]) + 1
+        tag = f"{generation:06d}"
+        used = sorted(set(self.records.segments))
+        remap = {old: new for new, old in enumerate(used)}
+        segments = [self._segments[i] for i in used]
+        self.records.segments = [remap[s] for s in self.records.segments]
+        self._segments = segments
+        records_file = f"records-{tag}.json"
+        atomic_write_json(data / records_file, self.records.to_json())
+        state = self.backend.save(self.directory, tag)
+        manifest = {
+            **self.manifest,
+            "generation": generation,
+            "count": len(self.records),
+            "next_key": self._next_key,
+            "backend": {**self.manifest["backend"], "state": state},
+            "records_file": records_file,
+            "segments": segments,
+            "updated": _now(),
+        }
+        atomic_write_json(self.directory / MANIFEST, manifest)
+        self.manifest = manifest
+        self._dirty = False
+        self.backend.after_commit()
+        self._collect_garbage()
+
+    def _collect_garbage(self) -> None:
+        """Delete data files the manifest does not name (older generations, crash leftovers)."""
+        data = self.directory / DATA
+        live = {data / self.manifest["records_file"], *(data / s for s in self.manifest["segments"]),
+                *(self.directory / f for f in self.backend.state_files(self.manifest["backend"]["state"]))}
+        for path in data.iterdir():
+            if path.is_file() and path not in live:
+                path.unlink()
