@@ -10,7 +10,8 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 REPO = Path(__file__).resolve().parents[1]
-ANNOTATIONS = REPO.parent / "shared" / "data" / "annotations"
+ANNOTATIONS = Path(os.environ.get("OPENCIR_ANNOTATIONS", REPO.parent / "shared" / "data" / "annotations"))
+"""The real benchmark annotation files (../shared/data/annotations next to the checkout)."""
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,8 @@
 """CIRCO: real val/test annotations, gallery from the COCO image info file, mAP, submission."""
 from __future__ import annotations
 
+import os
+
 import json
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from opencir.data.circo import coco_file_name
 from opencir.data.submission import circo_submission, write_circo_submission
 from opencir.evaluation.protocols import evaluate_rankings
 
-ANN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "annotations" / "circo" / "annotations"
+ANN = Path(os.environ.get("OPENCIR_ANNOTATIONS", Path(__file__).resolve().parents[3] / "shared" / "data" / "annotations")) / "circo" / "annotations"
 INFO = Path("COCO2017_unlabeled") / "annotations" / "image_info_unlabeled2017.json"
 
 
