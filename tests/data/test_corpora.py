@@ -13,6 +13,7 @@ from opencir.backbones import BackboneSpec
 from opencir.cli import main as cli_main
 from opencir.data import load_dataset
 from opencir.data.corpora import expand_shards, iter_webdataset
+from opencir.data.images import load_image
 from opencir.methods.io import build_method
 from opencir.training.config import DatasetConfig, RunConfig, TrainConfig
 from opencir.training.trainer import Trainer
@@ -96,6 +97,54 @@ def test_webdataset_shards_stream_and_unpack_once(tmp_path):
         list(iter_webdataset(shards))
     with pytest.raises(FileNotFoundError, match="shard not found"):
         expand_shards(str(shards / "cc-{000..005}.tar"))
+
+
+def test_webdataset_shards_are_read_in_place_by_default(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    _shard(shards / "cc-000.tar", [("s0.png", _png((1, 2, 3))), ("s0.txt", b"a red circle"),
+                                   ("s1.jpg", _png((9, 9, 9))), ("s1.json", json.dumps({"caption": "a cat"}).encode())])
+    _shard(shards / "cc-001.tar", [("d/s2.png", _png((5, 5, 5))), ("d/s2.txt", b""), ("meta.json", b"{}")])
+    ds = load_dataset("image-captions", tmp_path, "train", source="shards")
+    assert list(ds.images) == ["cc-000/s0", "cc-000/s1", "cc-001/d/s2"]
+    assert [r.caption for r in ds.images.values()] == ["a red circle", "a cat", None]
+    assert [str(r.path) for r in ds.images.values()] == [f"{shards}/cc-000.tar::s0.png", f"{shards}/cc-000.tar::s1.jpg",
+                                                          f"{shards}/cc-001.tar::d/s2.png"]
+    assert all(r.mask_path is None for r in ds.images.values())
+    assert load_image(ds.images["cc-001/d/s2"].path).getpixel((0, 0)) == (5, 5, 5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shards"]  # nothing extracted
+    with tarfile.open(shards / "cc-002.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo("x.png")
+        info.size = len(_png((0, 0, 0)))
+        tar.addfile(info, io.BytesIO(_png((0, 0, 0))))
+    with pytest.raises(ValueError, match="cc-002.tar.gz is gzip-compressed .* set the option extract_dir"):
+        load_dataset("image-captions", tmp_path, "train", source="shards")
+    assert load_dataset("image-captions", tmp_path, "train", source="shards", extract_dir=str(tmp_path / "x")).info["images"] == 4
+
+
+def test_pic2word_trains_one_epoch_on_shards_without_extracting(tmp_path):
+    colours = [(200, 0, 0), (0, 200, 0), (0, 0, 200), (200, 200, 0), (0, 200, 200), (200, 0, 200)]
+    names = ["red", "green", "blue", "yellow", "cyan", "magenta"]
+    for part in range(2):
+        members = []
+        for i in range(3):
+            k = 3 * part + i
+            members += [(f"{k:04d}.png", _png(colours[k])), (f"{k:04d}.txt", f"a {names[k]} square".encode())]
+        _shard(tmp_path / f"train-{part:05d}.tar", members)
+    corpus = load_dataset("image-captions", tmp_path, "train")  # finds train-*.tar
+    assert corpus.info["format"] == "webdataset" and len(corpus.images) == 6
+    assert all("::" in str(r.path) for r in corpus.images.values())
+    torch.manual_seed(0)
+    method = build_method("pic2word", BackboneSpec("tiny-vit"))
+    config = RunConfig(method="pic2word", dataset=DatasetConfig(name="image-captions", root=str(tmp_path), val_split=None),
+                       train=TrainConfig(epochs=1, batch_size=3, lr=1e-3, amp=False), output_dir=str(tmp_path / "run"),
+                       device="cpu", cache_dir=None)
+    before = {n: p.detach().clone() for n, p in method.trainable_parameters()}
+    summary = Trainer(method, config, corpus, None).fit()
+    assert summary["epochs_run"] == 1 and (tmp_path / "run" / "best" / "config.json").is_file()
+    assert any(not torch.equal(p, before[n]) for n, p in method.trainable_parameters())
+    assert not (tmp_path / "extracted").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "train-00000.tar", "train-00001.tar"]
 
 
 def test_mask_captions_command_then_train_context_i2w_on_the_corpus(tmp_path):

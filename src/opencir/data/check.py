@@ -19,7 +19,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..registry import Registry
-from .images import ImageLoadError, load_image
+from .images import ImageLoadError, image_exists, load_image, split_member_path
 from .types import CIRDataset
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".JPEG", ".JPG", ".PNG", ".webp")
@@ -183,9 +183,9 @@ def check_image_file(path: Path, full: bool = False) -> tuple[str, str] | None:
     """None when ``path`` is a readable image, else ``(kind, reason)`` with kind
     ``"missing"`` or ``"unreadable"``. ``full`` decodes all pixels; otherwise the header
     is parsed and the file verified (PNG checksums; cheap for JPEG)."""
-    if not path.is_file():
-        return ("missing", "no such file")
-    if full:
+    if not image_exists(path):
+        return ("missing", "no such file" if split_member_path(path) is None else "no such tar shard member")
+    if full or split_member_path(path) is not None:  # tar members are decoded from their bytes
         try:
             load_image(path)
         except ImageLoadError as err:

@@ -17,10 +17,14 @@ Three layouts, chosen by ``format`` or detected from ``source``:
   (``cc3m-*.tar``) or a brace range (``cc3m-{00000..00331}.tar``). Files of one sample
   share a key (the name up to the first dot); the image is the first of jpg/jpeg/png/
   webp/..., the caption ``.txt`` or the ``caption``/``text`` field of ``.json``. Shards are
-  read as a stream (``iter_webdataset``), one after the other, with a progress bar.
-  The trainer needs one file per image, so the training dataset unpacks each shard once
-  into ``extract_dir`` (default ``<root>/extracted/<split>``; point it at any disk with
-  room); a finished shard leaves a ``<shard>.done.json`` index and is never read again.
+  read in place: each image record's path is the tar member ``<shard.tar>::<member>``
+  (see ``opencir.data.images``), which ``load_image`` reads by seeking into the shard, so
+  nothing is unpacked and the corpus needs no extra disk. Reading the dataset scans each
+  shard's tar headers once (the captions are read, the images are not). In-place reading
+  needs uncompressed shards; with ``extract_dir`` set (required for ``.tar.gz`` shards)
+  each shard is instead unpacked once there, and a finished shard leaves a
+  ``<shard>.done.json`` index and is never read again. ``iter_webdataset`` streams the
+  samples' bytes (one shard after the other, with a progress bar).
 
 ``source`` (relative to ``root``) defaults to the first existing of ``<split>.tsv``,
 ``<split>.csv``, ``<split>/`` and ``<split>-*.tar`` under ``root``, or ``root`` itself.
@@ -40,6 +44,7 @@ from typing import Any, Callable, Iterator, Sequence
 from tqdm.auto import tqdm
 
 from ..registry import Registry
+from .images import ImageLoadError, compression_of, member_path, shard_members
 from .registry import DATASETS
 from .types import CIRDataset, ImageRecord
 
@@ -174,36 +179,67 @@ def _caption_of(files: dict[str, bytes], where: str) -> str | None:
     return None
 
 
-def _samples_of_shard(shard: Path) -> Iterator[ShardSample]:
-    """Stream one shard: consecutive members with the same key form a sample."""
-    def finish(key: str, files: dict[str, bytes]) -> ShardSample | None:
-        ext = next((e for e in IMAGE_EXTENSIONS if e in files), None)
-        if ext is None:
-            log.warning("%s: sample %r has no image (%s); skipped", shard, key, sorted(files))
-            return None
-        return ShardSample(key, files[ext], ext, _caption_of(files, f"{shard}:{key}"), shard)
-
+def _group_by_key(members: Iterator[tuple[str, str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Consecutive ``(key, extension, payload)`` members with the same key form one sample."""
     key, files = None, {}
+    for member_key, ext, payload in members:
+        if member_key != key and key is not None:
+            yield key, files
+            files = {}
+        key = member_key
+        files[ext] = payload
+    if key is not None:
+        yield key, files
+
+
+def _image_extension(files: dict[str, Any], shard: Path, key: str) -> str | None:
+    ext = next((e for e in IMAGE_EXTENSIONS if e in files), None)
+    if ext is None:
+        log.warning("%s: sample %r has no image (%s); skipped", shard, key, sorted(files))
+    return ext
+
+
+def _samples_of_shard(shard: Path) -> Iterator[ShardSample]:
+    """Stream one shard's samples with their bytes."""
+    def members(tar: tarfile.TarFile) -> Iterator[tuple[str, str, bytes]]:
+        for member in tar:
+            if member.isfile():
+                handle = tar.extractfile(member)
+                yield (*_split_member(member.name), handle.read() if handle is not None else b"")
+
     try:
         with tarfile.open(shard, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                member_key, ext = _split_member(member.name)
-                if member_key != key and key is not None:
-                    sample = finish(key, files)
-                    if sample is not None:
-                        yield sample
-                    files = {}
-                key = member_key
-                handle = tar.extractfile(member)
-                files[ext] = handle.read() if handle is not None else b""
+            for key, files in _group_by_key(members(tar)):
+                ext = _image_extension(files, shard, key)
+                if ext is not None:
+                    yield ShardSample(key, files[ext], ext, _caption_of(files, f"{shard}:{key}"), shard)
     except (tarfile.TarError, EOFError, OSError) as err:
         raise ValueError(f"cannot read webdataset shard {shard}: {err}") from err
-    if key is not None:
-        sample = finish(key, files)
-        if sample is not None:
-            yield sample
+
+
+def _records_in_place(shard: Path) -> Iterator[ImageRecord]:
+    """Records of one uncompressed shard whose paths are ``<shard>::<member>`` (nothing unpacked)."""
+    compression = compression_of(shard)
+    if compression is not None:
+        raise ValueError(f"webdataset shard {shard} is {compression}-compressed and cannot be read in place: "
+                         f"repack it as a plain .tar or set the option extract_dir to unpack it once")
+    try:
+        index = shard_members(shard)
+    except ImageLoadError as err:
+        raise ValueError(f"cannot read webdataset shard {shard}: {err}") from err
+    name = _shard_name(shard)
+    with shard.open("rb") as handle:
+        def text(member: str) -> bytes:
+            offset, size = index[member]
+            handle.seek(offset)
+            return handle.read(size)
+
+        for key, files in _group_by_key((*_split_member(m), m) for m in index):
+            ext = _image_extension(files, shard, key)
+            if ext is None:
+                continue
+            texts = {e: text(files[e]) for e in ("txt", "json") if e in files}
+            yield ImageRecord(f"{name}/{key}", member_path(shard, files[ext]), _caption_of(texts, f"{shard}:{key}"))
 
 
 def iter_webdataset(shards: str | Path | Sequence[Path]) -> Iterator[ShardSample]:
@@ -241,12 +277,16 @@ def _extract_shard(shard: Path, out: Path) -> list[dict[str, Any]]:
 
 @CORPUS_FORMATS.register("webdataset")
 def read_webdataset(source: str | Path, extract_dir: str | Path | None = None, **_: Any) -> Iterator[ImageRecord]:
-    """Records of webdataset shards, unpacked shard by shard into ``extract_dir``."""
+    """Records of webdataset shards: tar-member paths read in place, or (with
+    ``extract_dir``) files unpacked there shard by shard."""
+    shards = expand_shards(source)
     if extract_dir is None:
-        raise ValueError("webdataset corpora need extract_dir (where each shard's images are unpacked once)")
+        for shard in tqdm(shards, desc="index shards", unit=" shard", disable=None):
+            yield from _records_in_place(shard)
+        return
     out = Path(extract_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    for shard in tqdm(expand_shards(source), desc="unpack shards", unit=" shard", disable=None):
+    for shard in tqdm(shards, desc="unpack shards", unit=" shard", disable=None):
         for row in _extract_shard(shard, out):
             yield ImageRecord(row["id"], out / row["path"], row["caption"])
 
@@ -285,7 +325,8 @@ def load_image_captions(root: Path, split: str, source: str | None = None, forma
     """An image-caption corpus (table, folder or webdataset shards) for image-only training.
 
     Options: ``source``, ``format`` (table, folder, webdataset), ``sep``, ``path_column``,
-    ``caption_column``, ``image_root``, ``extract_dir``, ``limit`` (first N records).
+    ``caption_column``, ``image_root``, ``extract_dir`` (unpack shards there instead of
+    reading them in place), ``limit`` (first N records).
     """
     unknown = sorted(set(options) - READER_OPTIONS)
     if unknown:
@@ -294,8 +335,6 @@ def load_image_captions(root: Path, split: str, source: str | None = None, forma
     location = resolve_source(root, split, source)
     fmt = format or detect_format(location)
     reader = CORPUS_FORMATS.get(fmt)
-    if fmt == "webdataset" and extract_dir is None:
-        extract_dir = str((root if root.is_dir() else root.parent) / "extracted" / split)
     if fmt != "webdataset" and not Path(location).exists():
         raise FileNotFoundError(f"image-caption corpus not found: {location}")
     images: dict[str, ImageRecord] = {}

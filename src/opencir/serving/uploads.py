@@ -1,12 +1,13 @@
 """Upload guards: a request body size limit (ASGI middleware) and safe image decoding."""
 from __future__ import annotations
 
-import io
 import json
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..data import images
+from ..data.images import ImageLoadError
 from .errors import ApiError
 
 
@@ -52,24 +53,16 @@ async def _send_json(send: Send, status: int, err: ApiError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+UPLOAD_ERRORS = {"empty": (400, "empty_image"), "not_an_image": (400, "not_an_image"),
+                 "too_large": (413, "image_too_large"), "corrupt": (400, "corrupt_image")}
+
+
 def decode_image(data: bytes, max_pixels: int, name: str = "upload") -> Image.Image:
     """Decode uploaded bytes to an RGB image; ApiError for empty, non-image, truncated
-    or oversized (decompression-bomb) inputs. The pixel count is checked from the
-    header before any pixel data is decoded (the same guard as ``data.images.load_image``)."""
-    if not data:
-        raise ApiError(400, "empty_image", f"{name}: the uploaded file is empty")
+    or oversized (decompression-bomb) inputs. The checks are ``data.images.decode_image``'s
+    (pixel count read from the header before any pixel data is decoded)."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.width * image.height > max_pixels:
-                raise ApiError(413, "image_too_large",
-                               f"{name}: {image.width}x{image.height} pixels is over the limit of {max_pixels} pixels")
-            image.load()
-            return image.convert("RGB")
-    except ApiError:
-        raise
-    except UnidentifiedImageError:
-        raise ApiError(400, "not_an_image", f"{name}: not an image file (JPEG, PNG, WebP, GIF, BMP or TIFF)") from None
-    except Image.DecompressionBombError as err:
-        raise ApiError(413, "image_too_large", f"{name}: {err}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise ApiError(400, "corrupt_image", f"{name}: cannot decode the image ({err})") from None
+        return images.decode_image(data, name, "RGB", max_pixels)
+    except ImageLoadError as err:
+        status, code = UPLOAD_ERRORS.get(err.reason, (400, "corrupt_image"))
+        raise ApiError(status, code, str(err)) from None
