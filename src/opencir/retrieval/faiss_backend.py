@@ -57,10 +57,7 @@ class FaissBackend(IndexBackend):
 
     @classmethod
     def resolve_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(options) - set(cls.DEFAULTS))
-        if unknown:
-            raise ValueError(f"unknown {cls.name} backend options {unknown}; valid options: {sorted(cls.DEFAULTS)}")
-        resolved = {**cls.DEFAULTS, **options}
+        resolved = super().resolve_options(options)
         for key in ("nprobe", "ef_search"):
             if int(resolved[key]) < 1:
                 raise ValueError(f"{cls.name} backend option {key} must be >= 1, got {resolved[key]!r}")

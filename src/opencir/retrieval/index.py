@@ -56,10 +56,16 @@ class IndexBackend(ABC):
     def load(cls, dim: int, options: Mapping[str, Any], state: Mapping[str, Any], directory: Path) -> "IndexBackend":
         """Reopen the index described by ``state`` (as returned by ``save``); ``directory`` is the root."""
 
+    DEFAULTS: ClassVar[dict[str, Any]] = {}
+    """The backend's options and their default values (unknown option names are refused)."""
+
     @classmethod
     def resolve_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
         """Validate ``options`` and fill defaults; the result is stored in the manifest."""
-        return dict(options)
+        unknown = sorted(set(options) - set(cls.DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown {cls.name} backend options {unknown}; valid options: {sorted(cls.DEFAULTS)}")
+        return {**cls.DEFAULTS, **options}
 
     @abstractmethod
     def save(self, directory: Path, tag: str) -> dict[str, Any]:

@@ -54,10 +54,7 @@ class MilvusBackend(IndexBackend):
 
     @classmethod
     def resolve_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(options) - set(cls.DEFAULTS))
-        if unknown:
-            raise ValueError(f"unknown {cls.name} backend options {unknown}; valid options: {sorted(cls.DEFAULTS)}")
-        resolved = {**cls.DEFAULTS, **options}
+        resolved = super().resolve_options(options)
         if not resolved["collection"]:
             resolved["collection"] = f"opencir_{uuid.uuid4().hex[:12]}"
         for key in ("index_params", "search_params"):
