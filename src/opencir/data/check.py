@@ -105,6 +105,18 @@ def resolve_split(split: str, valid: Sequence[str], aliases: Mapping[str, str], 
     return canonical
 
 
+def select_names(selection: str | Sequence[str], valid: Sequence[str], option: str, dataset: str) -> list[str]:
+    """``"all"``, a comma-separated string or a list of names, checked against ``valid``
+    (FashionIQ categories, ImageNet-R domains); a clear error lists the valid names."""
+    if selection == "all":
+        return list(valid)
+    names = selection.split(",") if isinstance(selection, str) else list(selection)
+    bad = [n for n in names if n not in valid]
+    if bad or not names:
+        raise ValueError(f"{dataset}: unknown {option} {bad or selection!r}; valid: all, {', '.join(valid)}")
+    return names
+
+
 def index_image_folder(folder: Path, recursive: bool = False, key: str = "stem") -> dict[str, Path]:
     """Map image ids to files in ``folder`` by one directory listing (no image is opened).
 

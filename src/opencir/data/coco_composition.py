@@ -51,11 +51,10 @@ from ..evaluation.protocols import RecallProtocol
 from .check import SPLITS, AnnotationError, expect_type, find_file, get_field, read_json, require_folder, resolve_split
 from .images import load_image
 from .registry import DATASETS
-from .types import CIRDataset, ImageRecord, Triplet
+from .types import ZERO_SHOT_PROMPT_KEY, CIRDataset, ImageRecord, Triplet
 
 SPLITS.register("coco-composition")(("val",))
 CROP_PREFIX = "query/"
-ZERO_SHOT_PROMPT_KEY = "zero_shot_prompt"
 PROMPT = "a photo of {placeholder} and {text}"
 """Pic2Word's "a photo of * and {query class} and {others}" (spec 4.1.4) as a template."""
 

@@ -52,6 +52,7 @@ from .check import (
     read_json,
     require_folder,
     resolve_split,
+    select_names,
 )
 from .registry import DATASETS
 from .types import CIRDataset, ImageRecord, Triplet
@@ -91,14 +92,6 @@ GALLERIES.register("val-split")(GalleryConvention(_triplet_union, True, "TG-CIR,
 def fashioniq_protocol(exclude_reference: bool) -> RecallProtocol:
     """R@1/10/50 and Avg = (R@10 + R@50) / 2 per category."""
     return RecallProtocol(ks=(1, 10, 50), exclude_reference=exclude_reference, averages={"Avg": ["R@10", "R@50"]})
-
-
-def _categories(category: str | Sequence[str]) -> list[str]:
-    names = list(CATEGORIES) if category == "all" else (category.split(",") if isinstance(category, str) else list(category))
-    bad = [c for c in names if c not in CATEGORIES]
-    if bad or not names:
-        raise ValueError(f"fashioniq: unknown category {bad or category!r}; valid: all, {', '.join(CATEGORIES)}")
-    return names
 
 
 def read_corrections(corrections: str | None, auto_folders: Sequence[Path], name: str, what: str) -> dict[str, str] | None:
@@ -196,7 +189,7 @@ def load_fashioniq(
     folder_index: dict[Path, dict[str, Path]] = {}
     parts = {
         c: _load_category(root, split, c, convention, caption_policy, require_images, corrections, folder_index)
-        for c in _categories(category)
+        for c in select_names(category, CATEGORIES, "category", "fashioniq")
     }
     if len(parts) == 1:
         return next(iter(parts.values()))

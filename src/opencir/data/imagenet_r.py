@@ -29,15 +29,14 @@ from pathlib import Path
 from typing import Sequence
 
 from ..evaluation.protocols import FractionRecallProtocol
-from .check import SPLITS, AnnotationError, find_dir, find_file, read_lines, require_folder, resolve_split
+from .check import SPLITS, AnnotationError, find_dir, find_file, read_lines, require_folder, resolve_split, select_names
 from .registry import DATASETS
-from .types import CIRDataset, ImageRecord, Triplet
+from .types import ZERO_SHOT_PROMPT_KEY, CIRDataset, ImageRecord, Triplet
 
 DOMAINS = ("cartoon", "origami", "toy", "sculpture")
 DISTRACTOR_OFFSET = 6000
 DOMAIN_STRIDE = 1000
 SPLITS.register("imagenet-r")(("test",))
-ZERO_SHOT_PROMPT_KEY = "zero_shot_prompt"
 PROMPT = "a {text} of {placeholder}"
 """Pic2Word's "a {domain} of *" (spec 4.1.4) as a template for the pseudo-word methods."""
 
@@ -58,21 +57,13 @@ def read_label_list(path: Path) -> list[tuple[str, int]]:
     return out
 
 
-def _domains(domains: str | Sequence[str]) -> list[str]:
-    names = list(DOMAINS) if domains == "all" else (domains.split(",") if isinstance(domains, str) else list(domains))
-    bad = [d for d in names if d not in DOMAINS]
-    if bad or not names:
-        raise ValueError(f"imagenet-r: unknown domain {bad or domains!r}; valid: all, {', '.join(DOMAINS)}")
-    return names
-
-
 @DATASETS.register("imagenet-r")
 def load_imagenet_r(
     root: Path, split: str = "test", domains: str | Sequence[str] = "all", require_images: bool = True
 ) -> CIRDataset:
     """The domain-conversion benchmark; one part per domain in ``domains``."""
     split = resolve_split(split, ("test",), {"val": "test"}, "imagenet-r")
-    selected = _domains(domains)
+    selected = select_names(domains, DOMAINS, "domain", "imagenet-r")
     list_dir = find_dir([root / "imgnet", root]) or root
     query_path = find_file([list_dir / "imgnet_real_query.txt", root / "imgnet_real_query.txt"], "Pic2Word query list")
     target_path = find_file([query_path.parent / "imgnet_targets.txt"], "Pic2Word target list")

@@ -6,6 +6,11 @@ from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
 
+ZERO_SHOT_PROMPT_KEY = "zero_shot_prompt"
+"""Key of ``CIRDataset.info`` / ``Triplet.extra`` holding a zero-shot prompt template with
+``{placeholder}`` and ``{text}`` slots (read by the pseudo-word methods)."""
+
+
 @dataclass(frozen=True)
 class Triplet:
     """One CIR query: a reference image, its modification text(s) and the ground truth.

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..data.types import CIRDataset, Triplet
 from ..methods.base import CIRMethod
 from ..retrieval.exact import exact_top_k
-from ..training.features import FeatureTable, TextFeatureCache, encode_image_table
+from ..training.features import FeatureTable, encode_image_table
 from .protocols import aggregate_parts, has_ground_truth
 
 SCORE_BUDGET_BYTES = 64 << 20
@@ -72,13 +72,12 @@ def embed_part(
             for i in range(0, len(dataset.gallery_ids), batch_size)
         ]
     )
-    texts = TextFeatureCache(method, device, enabled=False)
     rng = random.Random(0)
     queries = []
     for i in tqdm(range(0, len(triplets), batch_size), desc="compose queries", leave=False, disable=None):
         chunk = triplets[i : i + batch_size]
         reference = table.gather([t.reference_id for t in chunk], device)
-        text = texts([method.query_text(dataset, t, False, rng) for t in chunk])
+        text = method.encode_texts([method.query_text(dataset, t, False, rng) for t in chunk])
         queries.append(method.compose(reference, text).float().cpu())
     return QueryEmbeddings(triplets, torch.cat(queries), list(dataset.gallery_ids), gallery, table)
 

@@ -21,7 +21,6 @@ from torch import nn
 from ..backbones import ClipBackbone
 from .base import METHODS, CIRMethod, ContrastiveConfig, Features, Requirements, normalize
 from .official import describe_foreign_checkpoint, read_official_checkpoint, strip_module_prefix
-from .official import strip_module_prefix as _strip_prefix  # noqa: F401  (old name; pseudo_word.py imports it)
 
 STAGES = ("finetune", "combiner")
 ENCODER_CHOICES = ("both", "image", "text")

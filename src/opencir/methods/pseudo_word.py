@@ -26,8 +26,6 @@ braces in captions are safe). The template of a query is, first found:
 from __future__ import annotations
 
 import copy
-import logging
-import pickle
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,16 +35,14 @@ import torch
 from torch import nn
 
 from ..backbones import ClipBackbone
+from ..data.types import ZERO_SHOT_PROMPT_KEY
 from .base import CIRMethod, Features, MethodConfig, Requirements, in_batch_cross_entropy, normalize
-from .clip4cir import _strip_prefix
+from .official import read_official_checkpoint, strip_module_prefix
 
 if TYPE_CHECKING:
     from ..data.types import CIRDataset, Triplet
 
-log = logging.getLogger(__name__)
 
-ZERO_SHOT_PROMPT_KEY = "zero_shot_prompt"
-"""Key of ``CIRDataset.info`` / ``Triplet.extra`` holding a prompt template."""
 PLACEHOLDER_SLOT, TEXT_SLOT = "{placeholder}", "{text}"
 DEFAULT_PROMPT = "a photo of {placeholder} , {text}"
 BENCHMARK_PROMPTS: dict[str, str] = {
@@ -289,16 +285,12 @@ class PseudoWordMethod(CIRMethod):
         """Load a released checkpoint: ``{"state_dict_img2text": ..., "state_dict": CLIP}``
         (keys may carry DDP's ``module.``) or a bare mapping-network state dict. CLIP
         weights are loaded only with ``load_clip`` (they are the frozen original CLIP)."""
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            log.warning("%s holds non-tensor objects; loading it with full unpickling", path)
-            state = torch.load(path, map_location="cpu", weights_only=False)
+        state = read_official_checkpoint(path, self.name)
         if not isinstance(state, Mapping):
             raise ValueError(f"{path} is not a {self.name} checkpoint: it holds a {type(state).__name__}")
         mapping = state.get("state_dict_img2text", state)
         own = set(self.img2text.state_dict())
-        mapping = _strip_prefix(mapping)
+        mapping = strip_module_prefix(mapping)
         if set(mapping) != own:
             raise ValueError(
                 f"{path} does not hold {self.name} mapping-network weights for this config: missing "
@@ -312,7 +304,7 @@ class PseudoWordMethod(CIRMethod):
         if load_clip:
             if "state_dict" not in state:
                 raise ValueError(f"{path} has no 'state_dict' (CLIP weights) to load")
-            result = self.backbone.model.load_state_dict(_strip_prefix(state["state_dict"]), strict=False)
+            result = self.backbone.model.load_state_dict(strip_module_prefix(state["state_dict"]), strict=False)
             bad = list(result.unexpected_keys) + [k for k in result.missing_keys if k != "attn_mask"]
             if bad:
                 raise ValueError(f"{path}: CLIP weights do not fit backbone {self.backbone.spec.arch!r}: {bad[:5]}")

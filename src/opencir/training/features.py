@@ -59,13 +59,18 @@ class ImageFolderDataset(Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        record = self.dataset.images[self.ids[i]] if self.ids[i] in self.dataset.images else None
-        if record is None:
-            raise KeyError(f"{self.dataset.name}/{self.dataset.split}: image id {self.ids[i]!r} is not in this split")
-        item = {"pixels": self.transform(load_image(record.path))}
-        if self.with_masks:
-            item["masks"] = self.transform(load_image(require_mask_file(self.dataset, record)))
-        return item
+        return load_pixels(self.dataset, self.ids[i], self.transform, self.with_masks)
+
+
+def load_pixels(dataset: CIRDataset, image_id: str, transform: ImageTransform, with_masks: bool) -> dict[str, torch.Tensor]:
+    """``{"pixels": (3, H, W)}`` of one image of ``dataset``, plus ``"masks"`` when asked."""
+    record = dataset.images.get(image_id)
+    if record is None:
+        raise KeyError(f"{dataset.name}/{dataset.split}: image id {image_id!r} is not in this split")
+    item = {"pixels": transform(load_image(record.path))}
+    if with_masks:
+        item["masks"] = transform(load_image(require_mask_file(dataset, record)))
+    return item
 
 
 def method_transform(method: CIRMethod, train: bool = False) -> tuple[str, ImageTransform]:

@@ -22,15 +22,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..data.images import load_image
 from ..data.transforms import ImageTransform
 from ..data.types import CIRDataset, Triplet
 from ..evaluation.evaluator import evaluate, select_score
-from ..masks.layouts import require_mask_file
 from ..methods.base import CIRMethod, Features
 from ..methods.io import load_weights_into, save_model
 from .config import RunConfig, save_run_config
-from .features import FeatureTable, TextFeatureCache, encode_image_table, method_transform
+from .features import FeatureTable, TextFeatureCache, encode_image_table, load_pixels, method_transform
 from .optim import OPTIMIZERS, SCHEDULES
 
 log = logging.getLogger(__name__)
@@ -59,15 +57,8 @@ class _PixelPairs(Dataset):
     def __len__(self) -> int:
         return len(self.keys)
 
-    def _load(self, image_id: str) -> dict[str, torch.Tensor]:
-        record = self.dataset.images[image_id]
-        item = {"pixels": self.transform(load_image(record.path))}
-        if self.masks:
-            item["masks"] = self.transform(load_image(require_mask_file(self.dataset, record)))
-        return item
-
     def __getitem__(self, i: int) -> list[dict[str, torch.Tensor]]:
-        return [self._load(image_id) for image_id in self.keys[i]]
+        return [load_pixels(self.dataset, image_id, self.transform, self.masks) for image_id in self.keys[i]]
 
 
 def _collate(items: list[list[dict[str, torch.Tensor]]]) -> list[dict[str, torch.Tensor]]:
