@@ -30,7 +30,7 @@ from opencir.masks import (
 )
 from opencir.methods.io import build_method
 from opencir.backbones import BackboneSpec
-from opencir.training.features import ImageFolderDataset, method_transform
+from opencir.encoding.features import ImageFolderDataset, method_transform
 from opencir.masks.segmenters import ClipSegSegmenter
 
 transformers = pytest.importorskip("transformers")

@@ -9,7 +9,7 @@ from opencir.data import load_dataset
 from opencir.evaluation.evaluator import evaluate
 from opencir.methods.io import build_method, list_methods, load_model, save_model
 from opencir.training.config import BackboneConfig, DatasetConfig, RunConfig, TrainConfig
-from opencir.training.features import ImageFolderDataset, method_transform
+from opencir.encoding.features import ImageFolderDataset, method_transform
 from opencir.training.trainer import Trainer
 
 METHOD_NAMES = list_methods()

@@ -11,7 +11,7 @@ from opencir.retrieval.catalogue import read_catalogue
 from opencir.retrieval.indexing import BUILD, delete_images, index_catalogue
 from opencir.retrieval.retriever import Retriever
 from opencir.retrieval.store import FingerprintMismatch, IndexStore, model_fingerprint
-from opencir.training.features import method_transform
+from opencir.encoding.features import method_transform
 
 
 class Killed(RuntimeError):

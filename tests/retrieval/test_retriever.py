@@ -10,7 +10,7 @@ from opencir.data.images import load_image
 from opencir.retrieval.catalogue import read_catalogue
 from opencir.retrieval.indexing import index_catalogue
 from opencir.retrieval.retriever import Retriever, SessionStore
-from opencir.training.features import method_transform
+from opencir.encoding.features import method_transform
 
 
 @pytest.fixture(scope="module")

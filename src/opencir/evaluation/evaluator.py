@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..data.types import CIRDataset, Triplet
 from ..methods.base import CIRMethod
 from ..retrieval.exact import exact_top_k
-from ..training.features import FeatureTable, encode_image_table
+from ..encoding.features import FeatureTable, encode_image_table
 from .protocols import aggregate_parts, has_ground_truth
 
 SCORE_BUDGET_BYTES = 64 << 20

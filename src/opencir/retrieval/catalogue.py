@@ -43,7 +43,7 @@ class Catalogue:
         return len(self.entries)
 
     def as_dataset(self) -> CIRDataset:
-        """A triplet-less ``CIRDataset`` over these images, for ``training.features.encode_images``."""
+        """A triplet-less ``CIRDataset`` over these images, for ``encoding.features.encode_images``."""
         images = {e.image_id: ImageRecord(e.image_id, e.path, None, e.mask_path) for e in self.entries}
         return CIRDataset("catalogue", "index", self.source, [], images, list(images), None)
 

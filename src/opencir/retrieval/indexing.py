@@ -88,7 +88,7 @@ def finished_shards(build: Path, fingerprint: str) -> list[Shard]:
 def encode_entries(method: "CIRMethod", catalogue: Catalogue, entries: Sequence[CatalogueEntry],
                    batch_size: int = 64, device: torch.device | str = "cpu", num_workers: int = 0) -> np.ndarray:
     """Target embeddings (len(entries), D) float32 of catalogue entries."""
-    from ..training.features import encode_images, method_transform
+    from ..encoding.features import encode_images, method_transform
 
     parts: list[np.ndarray] = []
 

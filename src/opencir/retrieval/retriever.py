@@ -94,7 +94,7 @@ class Retriever:
     def __init__(self, index_dir: str | Path, model_dir: str | Path | None = None, *,
                  method: "CIRMethod | None" = None, device: str | torch.device = "cpu") -> None:
         from ..methods.io import load_model
-        from ..training.features import method_transform
+        from ..encoding.features import method_transform
 
         if (model_dir is None) == (method is None):
             raise ValueError("give exactly one of model_dir or method")

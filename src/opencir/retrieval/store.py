@@ -47,7 +47,7 @@ class FingerprintMismatch(ValueError):
 # --------------------------------------------------------------------- model identity
 def model_description(method: "CIRMethod") -> dict[str, Any]:
     """What an index records about the model that embedded its images."""
-    from ..training.features import method_transform
+    from ..encoding.features import method_transform
 
     return {
         "method": method.name,
@@ -61,9 +61,9 @@ def model_description(method: "CIRMethod") -> dict[str, Any]:
 
 def model_fingerprint(method: "CIRMethod") -> str:
     """Identifies the embeddings a model produces: the feature key of
-    ``training.features`` (backbone weight fingerprint, method name + config,
+    ``encoding.features`` (backbone weight fingerprint, method name + config,
     preprocessing) combined with a hash of the method's own (non-backbone) weights."""
-    from ..training.features import feature_cache_key, method_transform
+    from ..encoding.features import feature_cache_key, method_transform
 
     digest = hashlib.sha256(feature_cache_key(method, method_transform(method)[0]).encode())
     for name, tensor in sorted(method.state_dict().items()):

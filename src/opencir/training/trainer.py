@@ -28,7 +28,7 @@ from ..evaluation.evaluator import evaluate, select_score
 from ..methods.base import CIRMethod, Features
 from ..methods.io import load_weights_into, save_model
 from .config import RunConfig, save_run_config
-from .features import FeatureTable, TextFeatureCache, encode_image_table, load_pixels, method_transform
+from ..encoding.features import FeatureTable, TextFeatureCache, encode_image_table, load_pixels, method_transform
 from .optim import OPTIMIZERS, SCHEDULES
 
 log = logging.getLogger(__name__)
