@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.types import CIRDataset, Triplet
+from ..devices import resolve_device
 from ..methods.base import CIRMethod
 from ..retrieval.exact import exact_top_k
 from ..encoding.features import FeatureTable, encode_image_table
@@ -117,6 +118,7 @@ def evaluate(
     keep_rankings: bool = False,
 ) -> EvalResult:
     """Official metrics of ``method`` on ``dataset`` (per part, plus ``avg/`` over parts)."""
+    device = resolve_device(device)  # "cuda" without CUDA: one clear ValueError, before any work
     parts = dataset.evaluation_parts()
     per_part: dict[str, dict[str, float]] = {}
     result = EvalResult(metrics={})

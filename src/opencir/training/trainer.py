@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..data.transforms import ImageTransform
+from ..devices import resolve_device  # noqa: F401  (re-exported: commands import it from here)
 from ..data.types import CIRDataset, Triplet
 from ..evaluation.evaluator import evaluate, select_score
 from ..methods.base import CIRMethod, Features
@@ -33,13 +34,6 @@ from .optim import OPTIMIZERS, SCHEDULES
 
 log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.pt"
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda if available else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
