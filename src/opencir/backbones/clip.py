@@ -64,6 +64,10 @@ class ImageTokens:
     post_ln_post: torch.Tensor
 
 
+class BackboneUnavailableError(ValueError):
+    """Pretrained weights that are neither cached nor downloadable; the message says how to fix it."""
+
+
 def _build_open_clip(spec: BackboneSpec) -> tuple[nn.Module, Any]:
     import open_clip
 
@@ -80,7 +84,17 @@ def _build_open_clip(spec: BackboneSpec) -> tuple[nn.Module, Any]:
             f"unknown backbone architecture {spec.arch!r}: neither an open_clip model "
             f"(see open_clip.list_models()) nor a small config ({', '.join(list_small_configs())})"
         )
-    model = open_clip.create_model(spec.arch, pretrained=spec.pretrained, cache_dir=spec.cache_dir)
+    try:
+        model = open_clip.create_model(spec.arch, pretrained=spec.pretrained, cache_dir=spec.cache_dir)
+    except RuntimeError as err:
+        if "Failed to download" not in str(err):
+            raise
+        raise BackboneUnavailableError(
+            f"backbone {spec.arch}/{spec.pretrained}: its weights are not in the local cache and cannot be "
+            f"downloaded (offline or no network). Fix: run once with network access (the weights are cached "
+            f"under HF_HOME or the backbone's cache_dir), pass a local checkpoint file as the pretrained tag, "
+            f"or use an offline backbone (--arch tiny-vit --pretrained '' or backbone.arch=small-vit "
+            f"backbone.pretrained=null)") from None
     return model, open_clip.get_tokenizer(spec.arch, cache_dir=spec.cache_dir)
 
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import argparse
 
-from . import COMMANDS, Command
+from . import COMMANDS, DEVICE_HELP, Command
 
 
 def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default="opencir-demo", help="folder for data, runs and results")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--methods", default="", help="comma-separated extra methods to train from their "
                         "<name>-cirshapes recipes and add to the table (e.g. tg-cir,offset,pic2word,context-i2w,nsfse; "
                         "'all' for every one); each adds minutes")
@@ -25,4 +25,5 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS.register("demo")(Command("run the offline demo: cir-shapes, small CLIP, baselines, CLIP4Cir", _add, _run))
+COMMANDS.register("demo")(Command("run the offline demo: cir-shapes, small CLIP, baselines, CLIP4Cir", _add, _run,
+                                  example="opencir demo --workdir opencir-demo --methods tg-cir"))

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from . import COMMANDS, Command
+from . import COMMANDS, DEVICE_HELP, Command
 
 
 def _add(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +19,7 @@ def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--include-reference", action="store_true", help="do not exclude the reference image")
     parser.add_argument("--exclude", action="append", default=[], metavar="ID", help="never return this id (repeatable)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -37,10 +37,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
-    print(f"{'rank':>4}  {'score':>7}  {'id':<32}  path")
+    print(f"{'rank':>4}  {'score':>7}  {'image_id':<32}  path")
     for hit in result.hits:
         print(f"{hit.rank:>4}  {hit.score:7.4f}  {hit.image_id:<32}  {hit.path}")
     return 0
 
 
-COMMANDS.register("search")(Command("search an index with a reference image and a modification text", _add, _run))
+COMMANDS.register("search")(Command("search an index with a reference image and a modification text", _add, _run,
+                                    example='opencir search --index catalogue.idx --image query.jpg --text "same but in red" -k 10 --json'))

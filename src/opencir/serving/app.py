@@ -145,7 +145,7 @@ def _response(result: SearchResult) -> SearchResponse:
         text=result.text,
         k=result.k,
         excluded=result.excluded,
-        results=[Hit(rank=h.rank, id=h.image_id, score=h.score, thumbnail_url=thumbnail_url(h.image_id),
+        results=[Hit(rank=h.rank, image_id=h.image_id, score=h.score, thumbnail_url=thumbnail_url(h.image_id),
                      metadata=h.metadata) for h in result.hits],
         timings_ms={k: round(v, 3) for k, v in result.timings_ms.items()},
     )
@@ -288,7 +288,7 @@ def create_app(index_dir: str | Path, model_dir: str | Path | None = None,
         if q:
             needle = q.lower()
             ids = [i for i in ids if needle in i.lower()]
-        items = [GalleryItem(id=i, thumbnail_url=thumbnail_url(i)) for i in ids[offset : offset + limit]]
+        items = [GalleryItem(image_id=i, thumbnail_url=thumbnail_url(i)) for i in ids[offset : offset + limit]]
         return GalleryResponse(total=len(ids), offset=offset, limit=limit, items=items)
 
     @app.get("/v1/info", response_model=InfoResponse, summary="Model, index and request limits")

@@ -22,7 +22,7 @@ class SearchRequest(BaseModel):
 
 class Hit(BaseModel):
     rank: int
-    id: str
+    image_id: str
     score: float = Field(..., description="cosine similarity of query and image embeddings")
     thumbnail_url: str
     metadata: Optional[dict[str, Any]] = None
@@ -49,7 +49,7 @@ class ErrorResponse(BaseModel):
 
 
 class GalleryItem(BaseModel):
-    id: str
+    image_id: str
     thumbnail_url: str
 
 
