@@ -11,14 +11,13 @@ import argparse
 import logging
 import os
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 from . import __version__
 from .commands import COMMANDS, Command
 from .retrieval.errors import IndexBusyError
 
 LOGGER = "opencir"
-_HANDLER_NAME = "opencir-cli"
 
 
 class UserError(Exception):
@@ -86,35 +85,56 @@ class _LevelFormatter(logging.Formatter):
         return message if record.levelno == logging.INFO else f"{record.levelname.lower()}: {message}"
 
 
-class _NamedLoggersOnly(logging.Filter):
-    """Drops records logged on the root logger itself (some libraries log their exceptions
-    there just before raising them; opencir reports those errors in its own one line)."""
+class _ThirdPartyWarnings(logging.Filter):
+    """Root-handler filter: other libraries' warnings and errors only. Drops opencir's
+    records (its own handler prints them) and records logged on the root logger itself
+    (some libraries log an exception there just before raising it; opencir reports that
+    error in its own one line)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.name != "root"
+        return record.name != "root" and record.name != LOGGER and not record.name.startswith(f"{LOGGER}.")
 
 
-def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
-    """Configure the ``opencir`` logger only (stderr; DEBUG with -v, WARNING with -q).
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (pytest's capture swaps it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def configure_logging(verbose: bool = False, quiet: bool = False) -> Callable[[], None]:
+    """Configure the ``opencir`` logger (stderr; DEBUG with -v, WARNING with -q) and return
+    a function that undoes it.
 
     Third-party loggers keep the root logger's WARNING level, so their INFO lines (FAISS's
-    loader, httpx, ...) never show; their warnings and errors still do. Idempotent.
+    loader, httpx, ...) never show; their warnings and errors still do, one line each.
     """
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    for logger, handler_level, filters in ((logging.getLogger(LOGGER), logging.NOTSET, ()),
-                                           (logging.getLogger(), logging.WARNING, (_NamedLoggersOnly(),))):
-        for old in [h for h in logger.handlers if h.get_name() == _HANDLER_NAME]:
-            logger.removeHandler(old)
-        handler = logging.StreamHandler(sys.stderr)
-        handler.set_name(_HANDLER_NAME)
-        handler.setLevel(handler_level)
-        handler.setFormatter(_LevelFormatter("%(message)s" if logger.name == LOGGER else "%(name)s: %(message)s"))
-        for f in filters:
-            handler.addFilter(f)
-        logger.addHandler(handler)
-    opencir_logger = logging.getLogger(LOGGER)
-    opencir_logger.setLevel(level)
-    opencir_logger.propagate = False
+    opencir_logger, root = logging.getLogger(LOGGER), logging.getLogger()
+    own = _StderrHandler()
+    own.setFormatter(_LevelFormatter("%(message)s"))
+    others = _StderrHandler()
+    others.setLevel(logging.WARNING)
+    others.addFilter(_ThirdPartyWarnings())
+    others.setFormatter(_LevelFormatter("%(name)s: %(message)s"))
+    previous_level = opencir_logger.level
+    opencir_logger.addHandler(own)
+    opencir_logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    root.addHandler(others)
+
+    def restore() -> None:
+        opencir_logger.removeHandler(own)
+        opencir_logger.setLevel(previous_level)
+        root.removeHandler(others)
+
+    return restore
 
 
 def missing_extra_message(err: ModuleNotFoundError) -> str:
@@ -146,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code. User errors print one clear line."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.verbose, args.quiet)
+    restore_logging = configure_logging(args.verbose, args.quiet)
     previous = os.environ.get("TQDM_DISABLE")
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"  # tqdm reads TQDM_* defaults from the environment
@@ -162,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"opencir: error: {message}", file=sys.stderr)
         return 2
     finally:
+        restore_logging()
         if args.quiet:
             if previous is None:
                 os.environ.pop("TQDM_DISABLE", None)

@@ -50,7 +50,7 @@ def provenance(args: argparse.Namespace, method: Any, dataset: Any, options: dic
     from ..retrieval.store import model_fingerprint
 
     parts = dataset.evaluation_parts()
-    protocols = {p.protocol for p in parts.values() if p.protocol is not None}
+    excluded = {bool(p.protocol.exclude_reference) for p in parts.values() if p.protocol is not None}
     return {
         "model": {
             "directory": str(Path(args.model).resolve()) if args.model else None,
@@ -64,7 +64,7 @@ def provenance(args: argparse.Namespace, method: Any, dataset: Any, options: dic
             "convention": dataset.info.get("gallery", "official"),
             "size": sum(len(p.gallery_ids) for p in parts.values()),
             "sizes": {name: len(p.gallery_ids) for name, p in parts.items()} if len(parts) > 1 else None,
-            "reference_excluded": sorted({bool(p.exclude_reference) for p in protocols}) == [True],
+            "reference_excluded": excluded == {True},
         },
         "queries": sum(len(p.triplets) for p in parts.values()),
         "opencir_version": __version__,
