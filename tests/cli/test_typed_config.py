@@ -114,3 +114,18 @@ def test_every_shipped_recipe_passes_the_typed_checks():
 
     for name in list_recipes():
         load_run_config(name)  # raises on any type or range error
+
+
+def test_train_with_lr_1e_4_runs_and_prints_only_json(shapes_root, tmp_path, capsys):
+    import json
+
+    import yaml
+
+    out = tmp_path / "run"
+    assert main(["train", "--config", RECIPE, f"dataset.root={shapes_root}", f"output_dir={out}", "device=cpu",
+                 "backbone.arch=tiny-vit", "backbone.pretrained=null", "train.epochs=1", "train.lr=1e-4",
+                 "train.batch_size=32", "train.eval_batch_size=64", f"cache_dir={tmp_path / 'cache'}"]) == 0
+    summary = json.loads(capsys.readouterr().out)  # stdout is the summary JSON and nothing else
+    assert summary["best_model"] == str(out / "best")
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["train"]["lr"] == 1e-4 and isinstance(saved["train"]["lr"], float)
