@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from typing import Callable, Sequence
 
@@ -42,7 +41,7 @@ def _add_loudness(parser: argparse.ArgumentParser, default: object) -> None:
     loudness.add_argument("-v", "--verbose", action="store_true", default=default,
                           help="debug messages, and a full traceback on errors")
     loudness.add_argument("-q", "--quiet", action="store_true", default=default,
-                          help="only warnings and errors; no progress bars")
+                          help="only warnings and errors (progress bars show on a terminal only)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,9 +166,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     restore_logging = configure_logging(args.verbose, args.quiet)
-    previous = os.environ.get("TQDM_DISABLE")
-    if args.quiet:
-        os.environ["TQDM_DISABLE"] = "1"  # tqdm reads TQDM_* defaults from the environment
     try:
         return int(args._run(args) or 0)
     except (UserError, FileNotFoundError, KeyError, ValueError, IndexBusyError, ModuleNotFoundError) as err:
@@ -183,11 +179,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         restore_logging()
-        if args.quiet:
-            if previous is None:
-                os.environ.pop("TQDM_DISABLE", None)
-            else:
-                os.environ["TQDM_DISABLE"] = previous
 
 
 if __name__ == "__main__":
