@@ -19,9 +19,11 @@ braces in captions are safe). The template of a query is, first found:
 2. ``dataset.info["zero_shot_prompt"]`` (per-benchmark prompts, see ``BENCHMARK_PROMPTS``);
 3. the method's ``default_prompt`` (CIRR's "a photo of {placeholder} , {text}").
 
-``{text}`` is the query text from the caption policy; multi-caption benchmarks
-(FashionIQ) use the ``"reversed"`` policy ("{c2} and {c1}", spec 1.7). Texts handed to
-``encode_texts`` without the placeholder are wrapped in ``default_prompt``.
+``{text}`` is the query text from the caption policy, inserted as is (nothing stripped,
+as the official ``'a photo of * , {}'.format(...)``); multi-caption benchmarks (FashionIQ)
+use the ``"pic2word"`` policy: "{c2} and {c1}" of the raw captions, exactly as both
+official ``src/data.py`` build it (spec 1.7). Texts handed to ``encode_texts`` without the
+placeholder are wrapped in ``default_prompt``.
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ PLACEHOLDER_SLOT, TEXT_SLOT = "{placeholder}", "{text}"
 DEFAULT_PROMPT = "a photo of {placeholder} , {text}"
 BENCHMARK_PROMPTS: dict[str, str] = {
     "cirr": "a photo of {placeholder} , {text}",
-    "fashioniq": "a photo of {placeholder} , {text}",  # text = "{c2} and {c1}" (policy "reversed")
+    "fashioniq": "a photo of {placeholder} , {text}",  # text = "{c2} and {c1}" raw (policy "pic2word")
     "circo": "a photo of {placeholder} , {text}",  # [INFERRED]: neither paper evaluates CIRCO
     "coco-composition": "a photo of {placeholder} and {text}",  # text = "{query class} and {others}"
     "imagenet-r": "a {text} of {placeholder}",  # text = the domain: cartoon, origami, toy, sculpture
@@ -63,7 +65,7 @@ def render_prompt(template: str, placeholder: str, text: str) -> str:
     """Fill a prompt template: ``render_prompt("a {text} of {placeholder}", "*", "toy")``."""
     if PLACEHOLDER_SLOT not in template:
         raise ValueError(f"zero-shot prompt template {template!r} has no {PLACEHOLDER_SLOT} slot")
-    return template.replace(TEXT_SLOT, text.strip()).replace(PLACEHOLDER_SLOT, placeholder)
+    return template.replace(TEXT_SLOT, text).replace(PLACEHOLDER_SLOT, placeholder)
 
 
 def prompt_template(dataset: "CIRDataset", triplet: "Triplet", default: str) -> str:
@@ -190,7 +192,7 @@ class PseudoWordMethod(CIRMethod):
             text_encoder_frozen=True,
             image_transform=cfg.image_transform,
             train_image_transform=cfg.train_image_transform,
-            caption_policy="reversed",
+            caption_policy="pic2word",
         )
 
     def train(self, mode: bool = True) -> "PseudoWordMethod":
