@@ -33,7 +33,7 @@ from torch import nn
 
 from ..backbones import ClipBackbone
 from .base import METHODS, CIRMethod, ContrastiveConfig, Features, Requirements, normalize
-from .official import describe_foreign_checkpoint, read_official_state_dict, strip_module_prefix
+from .official import describe_foreign_checkpoint, match_official_activation, read_official_state_dict, strip_module_prefix
 from .tgcir import matching_degree_kl, official_query_text  # the same regulariser (spec 1.5) and text rule
 
 if TYPE_CHECKING:
@@ -171,6 +171,8 @@ class Offset(CIRMethod):
 
     name = "offset"
     config_class = OffsetConfig
+    official_quick_gelu = False  # OpenCLIP ViT-H-14 LAION-2B
+    official_arch = "ViT-H-14"
     checkpoint_format = "offset"
 
     def __init__(self, backbone: ClipBackbone, config: OffsetConfig) -> None:
@@ -315,6 +317,7 @@ class Offset(CIRMethod):
         if missing or unexpected:
             raise ValueError(f"{path} does not fit this OFFSET model (backbone {self.backbone.spec.arch!r}): "
                              f"missing {missing[:6]}, unexpected {unexpected[:6]}")
+        match_official_activation(self, path)  # OpenCLIP ViT-H-14 (LAION-2B): exact GELU
         return {"loaded": len(mapped), "ignored": ignored}
 
 

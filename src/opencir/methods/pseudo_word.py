@@ -39,7 +39,7 @@ from torch import nn
 from ..backbones import ClipBackbone
 from ..data.types import ZERO_SHOT_PROMPT_KEY
 from .base import CIRMethod, Features, MethodConfig, Requirements, in_batch_cross_entropy, normalize
-from .official import read_official_checkpoint, strip_module_prefix
+from .official import match_official_activation, read_official_checkpoint, strip_module_prefix
 
 if TYPE_CHECKING:
     from ..data.types import CIRDataset, Triplet
@@ -283,10 +283,22 @@ class PseudoWordMethod(CIRMethod):
         return official_parameter_groups(named, lr, weight_decay)
 
     # ----------------------------------------------------- official weights
-    def load_official_checkpoint(self, path: str | Path, load_clip: bool = False) -> dict[str, Any]:
+    def import_official(self, paths: Sequence[str | Path]) -> dict[str, Any]:
+        """The released file(s); CLIP weights come from the file when it has them, else
+        from the backbone's ``pretrained`` weights (the frozen original OpenAI CLIP)."""
+        reports = {str(p): self.load_official_checkpoint(p, load_clip=None) for p in paths}
+        if not any(r.get("clip") == "loaded" for r in reports.values()) and not self.backbone.spec.pretrained:
+            raise ValueError(
+                f"the {self.name} file holds no CLIP weights ('state_dict') and no --pretrained backbone was given: "
+                "pass --pretrained openai (or the OpenAI CLIP file) for the frozen CLIP"
+            )
+        return reports
+
+    def load_official_checkpoint(self, path: str | Path, load_clip: bool | None = False) -> dict[str, Any]:
         """Load a released checkpoint: ``{"state_dict_img2text": ..., "state_dict": CLIP}``
         (keys may carry DDP's ``module.``) or a bare mapping-network state dict. CLIP
-        weights are loaded only with ``load_clip`` (they are the frozen original CLIP)."""
+        weights are loaded only with ``load_clip`` (they are the frozen original CLIP);
+        ``load_clip=None`` loads them when the file has them."""
         state = read_official_checkpoint(path, self.name)
         if not isinstance(state, Mapping):
             raise ValueError(f"{path} is not a {self.name} checkpoint: it holds a {type(state).__name__}")
@@ -303,6 +315,8 @@ class PseudoWordMethod(CIRMethod):
         except RuntimeError as err:
             raise ValueError(f"{path}: mapping-network shapes do not fit backbone {self.backbone.spec.arch!r}: {err}") from err
         report: dict[str, Any] = {"img2text": "loaded", "epoch": state.get("epoch")}
+        if load_clip is None:
+            load_clip = isinstance(state.get("state_dict"), Mapping)
         if load_clip:
             if "state_dict" not in state:
                 raise ValueError(f"{path} has no 'state_dict' (CLIP weights) to load")
@@ -311,4 +325,5 @@ class PseudoWordMethod(CIRMethod):
             if bad:
                 raise ValueError(f"{path}: CLIP weights do not fit backbone {self.backbone.spec.arch!r}: {bad[:5]}")
             report["clip"] = "loaded"
+        match_official_activation(self, path)  # the frozen OpenAI CLIP: QuickGELU
         return report

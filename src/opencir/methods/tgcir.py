@@ -36,7 +36,7 @@ from torch.nn import functional as F
 from ..backbones import ClipBackbone
 from ..data.captions import spelling_corrected_text
 from .base import METHODS, CIRMethod, ContrastiveConfig, Features, Requirements, in_batch_cross_entropy, normalize
-from .official import describe_foreign_checkpoint, read_official_state_dict
+from .official import describe_foreign_checkpoint, match_official_activation, read_official_state_dict
 
 if TYPE_CHECKING:
     from ..data.types import CIRDataset, Triplet
@@ -156,6 +156,8 @@ class TgCir(CIRMethod):
 
     name = "tg-cir"
     config_class = TgCirConfig
+    official_quick_gelu = True  # OpenAI CLIP
+    official_arch = "ViT-B-16"
     checkpoint_format = "tg-cir"
 
     def __init__(self, backbone: ClipBackbone, config: TgCirConfig) -> None:
@@ -312,6 +314,7 @@ class TgCir(CIRMethod):
                 f"{path}: official TG-CIR weights do not fit this model (backbone {self.backbone.spec.arch!r}): "
                 f"missing {missing[:6]}, unexpected {list(result.unexpected_keys)[:6]}"
             )
+        match_official_activation(self, path)  # TG-CIR fine-tunes OpenAI CLIP ViT-B/16: QuickGELU
         return {"loaded": len(mapped), "ignored": ignored}
 
     def _check_official_sizes(self, mapped: Mapping[str, torch.Tensor], path: str | Path) -> None:
