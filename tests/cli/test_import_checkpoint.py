@@ -165,3 +165,24 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "exists").mkdir()
     assert "--overwrite" in error(["import-checkpoint", "--method", "pic2word", str(tmp_path / "mapping_only.pt"),
                                    "--out", str(tmp_path / "exists"), "--arch", "tiny-vit"])
+
+
+def test_imported_directory_indexes_and_searches(tmp_path, capsys):
+    source = _source("tg-cir", {"global_tokens": 2, "local_tokens": 3})
+    [path] = _write_official("tg-cir", source, tmp_path)
+    model = tmp_path / "model"
+    assert main(["import-checkpoint", "--method", "tg-cir", str(path), "--out", str(model), "--arch", "tiny-vit",
+                 "--config", "global_tokens=2", "--config", "local_tokens=3"]) == 0
+    images = tmp_path / "images"
+    images.mkdir()
+    from PIL import Image
+
+    for i in range(6):
+        Image.new("RGB", (32, 32), (40 * i, 255 - 40 * i, 90)).save(images / f"img{i}.png")
+    capsys.readouterr()
+    assert main(["index", "--model", str(model), "--images", str(images), "--out", str(tmp_path / "idx"), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["search", "--index", str(tmp_path / "idx"), "--ref-id", "img2", "--text", "make it red", "-k", "3",
+                 "--json", "--device", "cpu"]) == 0
+    hits = json.loads(capsys.readouterr().out)["results"]
+    assert len(hits) == 3 and "img2" not in [h["image_id"] for h in hits]
