@@ -30,8 +30,8 @@ Caption policies (spec 1.7, ``data/captions.py``): default ``"clip4cir"`` (rando
 in training, "C1 and c2" in eval); ``"pic2word"`` for the zero-shot "{c2} and {c1}"
 order of the raw captions. Triplets keep the raw captions. TG-CIR/OFFSET clean them and
 apply per-category spelling dictionaries at query time: ``corrections="auto"`` (default)
-loads ``correction_dict_<cat>.json`` from ``root``, ``root/captions`` (where the official
-code reads it) or ``root/json`` when present; a folder requires them there; ``"none"``
+loads ``correction_dict_<cat>.json`` from ``root/captions`` (where the official code reads
+it), ``root`` or ``root/json`` when present; a folder requires them there; ``"none"``
 loads none. The dictionaries come from the official TG-CIR/OFFSET repositories and are
 not redistributed here; those methods refuse to run without them.
 
@@ -129,7 +129,7 @@ def read_corrections(corrections: str | None, auto_folders: Sequence[Path], name
 
 
 def _load_corrections(root: Path, corrections: str | None, category: str) -> dict[str, str] | None:
-    return read_corrections(corrections, [root, root / "captions", root / "json"], category,
+    return read_corrections(corrections, [root / "captions", root, root / "json"], category,
                             f"FashionIQ {category} spelling dictionary")
 
 
@@ -143,7 +143,8 @@ def _read_triplets(path: Path, category: str, hidden: bool) -> list[Triplet]:
         if not captions or not all(isinstance(c, str) for c in captions):
             raise AnnotationError(f"{path}: {where} field 'captions' must be a non-empty list of strings")
         targets = () if hidden else (get_field(record, "target", path, where, str),)
-        triplets.append(Triplet(f"{category}/{index}", candidate, tuple(captions), targets, (), {"category": category, SPELLING_NAME_KEY: category}))
+        extra = {"category": category, SPELLING_NAME_KEY: category}  # the dictionary is per category
+        triplets.append(Triplet(f"{category}/{index}", candidate, tuple(captions), targets, (), extra))
     return triplets
 
 
