@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..data.types import CIRDataset, Triplet
 from ..methods.base import CIRMethod
 from ..retrieval.exact import exact_top_k
-from ..encoding.features import FeatureTable, encode_image_table
+from ..encoding.features import FeatureTable, TextFeatureCache, encode_image_table
 from .protocols import aggregate_parts, has_ground_truth
 
 SCORE_BUDGET_BYTES = 64 << 20
@@ -59,8 +59,12 @@ def embed_part(
     cache_dir: str | Path | None = None,
     num_workers: int = 0,
     table: FeatureTable | None = None,
+    text_cache: TextFeatureCache | None = None,
 ) -> QueryEmbeddings:
-    """Gallery and query embeddings of one dataset part (every image encoded once)."""
+    """Gallery and query embeddings of one dataset part (every image encoded once).
+
+    ``text_cache`` (frozen text towers) reuses text features across calls, e.g. the
+    trainer's validation after every epoch."""
     method.eval()
     triplets = list(dataset.triplets)
     ids = list(dict.fromkeys([*dataset.gallery_ids, *(t.reference_id for t in triplets)]))
@@ -73,13 +77,22 @@ def embed_part(
         ]
     )
     rng = random.Random(0)
-    queries = []
-    for i in tqdm(range(0, len(triplets), batch_size), desc="compose queries", leave=False, disable=None):
-        chunk = triplets[i : i + batch_size]
-        reference = table.gather([t.reference_id for t in chunk], device)
-        text = method.encode_texts([method.query_text(dataset, t, False, rng) for t in chunk])
-        queries.append(method.compose(reference, text).float().cpu())
-    return QueryEmbeddings(triplets, torch.cat(queries), list(dataset.gallery_ids), gallery, table)
+    texts = [method.query_text(dataset, t, False, rng) for t in triplets]
+    encode_texts = text_cache if text_cache is not None else method.encode_texts
+    # Batches of similar length: each text batch is trimmed after its longest text
+    # (ClipBackbone.trim_padding), so sorting saves most of the padding; order is restored.
+    order = sorted(range(len(triplets)), key=lambda row: len(texts[row]), reverse=True)
+    queries: torch.Tensor | None = None
+    for i in tqdm(range(0, len(order), batch_size), desc="compose queries", leave=False, disable=None):
+        rows = order[i : i + batch_size]
+        reference = table.gather([triplets[row].reference_id for row in rows], device)
+        composed = method.compose(reference, encode_texts([texts[row] for row in rows])).float().cpu()
+        if queries is None:
+            queries = torch.empty(len(triplets), composed.shape[1], dtype=torch.float32)
+        queries[torch.as_tensor(rows)] = composed
+    if queries is None:
+        queries = torch.empty(0, gallery.shape[1] if gallery.ndim == 2 else 0)
+    return QueryEmbeddings(triplets, queries, list(dataset.gallery_ids), gallery, table)
 
 
 def rank_part(
@@ -115,6 +128,7 @@ def evaluate(
     cache_dir: str | Path | None = None,
     num_workers: int = 0,
     keep_rankings: bool = False,
+    text_cache: TextFeatureCache | None = None,
 ) -> EvalResult:
     """Official metrics of ``method`` on ``dataset`` (per part, plus ``avg/`` over parts)."""
     parts = dataset.evaluation_parts()
@@ -128,7 +142,7 @@ def evaluate(
         needed = {*part.gallery_ids, *(t.reference_id for t in part.triplets)}
         if table is None or not needed.issubset(table.index):
             table = None  # parts sharing their images (ImageNet domains) reuse one encoding
-        embeddings = embed_part(method, part, batch_size, device, cache_dir, num_workers, table)
+        embeddings = embed_part(method, part, batch_size, device, cache_dir, num_workers, table, text_cache)
         rankings, scores, subsets = rank_part(
             embeddings, protocol.ranking_depth, protocol.exclude_reference, protocol.uses_subsets
         )

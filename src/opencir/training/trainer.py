@@ -232,7 +232,8 @@ class Trainer:
             record.update({f"train/{k}": v / max(1, len(plans)) for k, v in totals.items()})
             if self.val_set is not None and (epoch + 1) % cfg.val_every == 0:
                 result = evaluate(method, self.val_set, cfg.eval_batch_size, self.device,
-                                  self.config.cache_dir if self.req.image_encoder_frozen else None, cfg.num_workers)
+                                  self.config.cache_dir if self.req.image_encoder_frozen else None, cfg.num_workers,
+                                  text_cache=texts if texts.enabled else None)
                 record.update({f"val/{k}": v for k, v in result.metrics.items()})
                 score = select_score(result.metrics, cfg.select_metrics)
                 if best["score"] is None or score > best["score"]:
