@@ -1,7 +1,7 @@
 """Model evaluation: encode the gallery once, compose queries, rank, score with the protocol.
 
 The same protocol objects score rankings files (``opencir eval-rankings``), so our models
-and anyone else's are measured by one piece of code. Ranking is chunked
+and anyone else's are measured by one piece of code. Ranking is tiled
 (``retrieval.exact.exact_top_k``): memory never holds a Q x N matrix.
 """
 from __future__ import annotations
@@ -19,15 +19,6 @@ from ..methods.base import CIRMethod
 from ..retrieval.exact import exact_top_k
 from ..encoding.features import FeatureTable, TextFeatureCache, encode_image_table
 from .protocols import aggregate_parts, has_ground_truth
-
-SCORE_BUDGET_BYTES = 64 << 20
-"""Upper bound of one chunk of the (queries x gallery) float32 score block."""
-
-
-def chunk_rows(gallery_size: int, budget_bytes: int = SCORE_BUDGET_BYTES) -> int:
-    """Queries scored at once so a chunk of scores stays within ``budget_bytes``."""
-    return max(1, min(1024, budget_bytes // (4 * max(1, gallery_size))))
-
 
 @dataclass
 class EvalResult:
@@ -103,9 +94,7 @@ def rank_part(
     exclude = None
     if exclude_reference:
         exclude = [[position[t.reference_id]] if t.reference_id in position else [] for t in embeddings.triplets]
-    scores, indices = exact_top_k(
-        embeddings.queries, embeddings.gallery, depth, exclude, chunk_size=chunk_rows(len(embeddings.gallery_ids))
-    )
+    scores, indices = exact_top_k(embeddings.queries, embeddings.gallery, depth, exclude)
     rankings, ranking_scores, subsets = {}, {}, {}
     for row, t in enumerate(embeddings.triplets):
         valid = scores[row] > float("-inf")
