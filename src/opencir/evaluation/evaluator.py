@@ -18,6 +18,7 @@ from ..data.types import CIRDataset, Triplet
 from ..methods.base import CIRMethod
 from ..retrieval.exact import exact_top_k
 from ..encoding.features import FeatureTable, TextFeatureCache, encode_image_table
+from ..encoding.precision import autocast, resolve_precision
 from .protocols import aggregate_parts, has_ground_truth
 
 @dataclass
@@ -51,22 +52,25 @@ def embed_part(
     num_workers: int = 0,
     table: FeatureTable | None = None,
     text_cache: TextFeatureCache | None = None,
+    precision: str = "fp32",
 ) -> QueryEmbeddings:
     """Gallery and query embeddings of one dataset part (every image encoded once).
 
     ``text_cache`` (frozen text towers) reuses text features across calls, e.g. the
-    trainer's validation after every epoch."""
+    trainer's validation after every epoch. ``precision`` (resolved) applies to image and
+    text encoding and composition; embeddings are float32."""
     method.eval()
     triplets = list(dataset.triplets)
     ids = list(dict.fromkeys([*dataset.gallery_ids, *(t.reference_id for t in triplets)]))
     if table is None:
-        table = encode_image_table(method, dataset, ids, cache_dir, batch_size, device, num_workers)
-    gallery = torch.cat(
-        [
-            method.embed_targets(table.gather(dataset.gallery_ids[i : i + batch_size], device)).float().cpu()
-            for i in range(0, len(dataset.gallery_ids), batch_size)
-        ]
-    )
+        table = encode_image_table(method, dataset, ids, cache_dir, batch_size, device, num_workers, precision)
+    with autocast(precision, device):
+        gallery = torch.cat(
+            [
+                method.embed_targets(table.gather(dataset.gallery_ids[i : i + batch_size], device)).float().cpu()
+                for i in range(0, len(dataset.gallery_ids), batch_size)
+            ]
+        )
     rng = random.Random(0)
     texts = [method.query_text(dataset, t, False, rng) for t in triplets]
     encode_texts = text_cache if text_cache is not None else method.encode_texts
@@ -77,7 +81,8 @@ def embed_part(
     for i in tqdm(range(0, len(order), batch_size), desc="compose queries", leave=False, disable=None):
         rows = order[i : i + batch_size]
         reference = table.gather([triplets[row].reference_id for row in rows], device)
-        composed = method.compose(reference, encode_texts([texts[row] for row in rows])).float().cpu()
+        with autocast(precision, device):
+            composed = method.compose(reference, encode_texts([texts[row] for row in rows])).float().cpu()
         if queries is None:
             queries = torch.empty(len(triplets), composed.shape[1], dtype=torch.float32)
         queries[torch.as_tensor(rows)] = composed
@@ -118,8 +123,13 @@ def evaluate(
     num_workers: int = 0,
     keep_rankings: bool = False,
     text_cache: TextFeatureCache | None = None,
+    precision: str = "fp32",
 ) -> EvalResult:
-    """Official metrics of ``method`` on ``dataset`` (per part, plus ``avg/`` over parts)."""
+    """Official metrics of ``method`` on ``dataset`` (per part, plus ``avg/`` over parts).
+
+    ``precision``: ``fp32`` (default, exact), ``bf16``, ``fp16`` (CUDA) or ``auto``
+    (``encoding.precision``)."""
+    precision = resolve_precision(precision, device)
     parts = dataset.evaluation_parts()
     per_part: dict[str, dict[str, float]] = {}
     result = EvalResult(metrics={})
@@ -131,7 +141,7 @@ def evaluate(
         needed = {*part.gallery_ids, *(t.reference_id for t in part.triplets)}
         if table is None or not needed.issubset(table.index):
             table = None  # parts sharing their images (ImageNet domains) reuse one encoding
-        embeddings = embed_part(method, part, batch_size, device, cache_dir, num_workers, table, text_cache)
+        embeddings = embed_part(method, part, batch_size, device, cache_dir, num_workers, table, text_cache, precision)
         rankings, scores, subsets = rank_part(
             embeddings, protocol.ranking_depth, protocol.exclude_reference, protocol.uses_subsets
         )
