@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..encoding.precision import CHOICES as PRECISION_CHOICES
 from . import COMMANDS, DEVICE_HELP, Command, positive_int
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--submission", help="write evaluation-server files (CIRR test1, CIRCO test) to this folder")
     parser.add_argument("--batch-size", type=positive_int, default=128, help="images or queries per encoder call")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
+                        help="encoder compute precision; auto: bf16 on CPUs with native bf16, else fp32")
     parser.add_argument("--cache-dir", default=".cache/features", help="feature cache of frozen image encoders")
 
 
@@ -67,6 +70,7 @@ def provenance(args: argparse.Namespace, method: Any, dataset: Any, options: dic
             "reference_excluded": excluded == {True},
         },
         "queries": sum(len(p.triplets) for p in parts.values()),
+        "precision": args.precision,
         "opencir_version": __version__,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -91,7 +95,8 @@ def _run(args: argparse.Namespace) -> int:
         method = build_method(args.method, BackboneSpec(args.arch, args.pretrained)).to(device).eval()
     dataset = load_dataset(args.dataset, args.root, args.split, **options)
     keep = bool(args.out or args.submission)
-    result = evaluate(method, dataset, args.batch_size, device, args.cache_dir, keep_rankings=keep)
+    result = evaluate(method, dataset, args.batch_size, device, args.cache_dir, keep_rankings=keep,
+                      precision=args.precision)
     print(json.dumps(result.metrics, indent=2))  # stdout holds only this JSON; messages go to stderr
     if args.submission:
         from ..data.submission import write_submission
@@ -107,8 +112,12 @@ def _run(args: argparse.Namespace) -> int:
         if result.subset_rankings:  # CIRR: lets `opencir eval-rankings --subset-rankings` reproduce Rsubset
             (out / "subset_rankings.json").write_text(json.dumps(result.subset_rankings))
         if args.plots:
-            keys = [k for k in result.metrics if "/" not in k or k.startswith("avg/")][:8]  # summary, not per part
-            bar_plot({method.name: result.metrics}, keys, out / "metrics.png", title=f"{args.dataset} {args.split}")
+            from ..evaluation.protocols import numeric_metrics
+
+            numbers = numeric_metrics(result.metrics)  # without the gallery_convention label
+            keys = [k for k in numbers if "/" not in k or k.startswith("avg/")][:8]  # summary, not per part
+            title = " ".join([args.dataset, args.split, *(str(v) for v in result.metrics.values() if isinstance(v, str))])
+            bar_plot({method.name: numbers}, keys, out / "metrics.png", title=title)
             scored = [t.query_id for t in dataset.triplets if t.target_ids][:6]
             if scored:
                 retrieval_grid(dataset, result.rankings, scored, out / "retrieval_grid.png")

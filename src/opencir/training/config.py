@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from ..encoding.precision import CHOICES as PRECISION_CHOICES
 from ..typed import ConfigError, Validated, bounds, build_dataclass
 
 POSITIVE = bounds(min=1)
@@ -28,6 +29,7 @@ class BackboneConfig(Validated):
     pretrained: str | None = "openai"
     cache_dir: str | None = None
     grad_checkpointing: bool = False
+    quick_gelu: bool | None = None  # None: QuickGELU exactly when the weights are OpenAI's (BackboneSpec)
 
 
 @dataclass
@@ -58,6 +60,8 @@ class TrainConfig(Validated):
     step_gamma: float = field(default=0.1, metadata=bounds(min=0, exclusive_min=True))
     grad_clip: float | None = field(default=None, metadata=bounds(min=0, exclusive_min=True))
     amp: bool = True
+    precision: str = field(default="auto", metadata=bounds(choices=PRECISION_CHOICES))
+    """auto (fp16 autocast on CUDA when amp, else fp32) | fp32 | bf16 (CPU or CUDA) | fp16 (CUDA)."""
     seed: int = 42
     num_workers: int = field(default=0, metadata=NON_NEGATIVE)
     drop_last: bool = True
