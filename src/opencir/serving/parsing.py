@@ -20,6 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from ..data.images import ImageLoadError
 from ..retrieval.query import (
@@ -41,6 +42,10 @@ from .uploads import BodyTooLarge, decode_image
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and the small text fields
 
 
+def incomplete_body() -> ApiError:
+    return ApiError(400, "incomplete_body", "the client closed the connection before the body was complete")
+
+
 @dataclass
 class ParsedSearch:
     spec: QuerySpec
@@ -52,11 +57,14 @@ class ParsedSearch:
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refused with 413 as soon as it passes ``limit`` bytes."""
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise incomplete_body() from None
     return b"".join(chunks)
 
 
@@ -159,6 +167,8 @@ async def read_form(request: Request, settings: ServeSettings) -> FormData:
                                    max_part_size=FORM_OVERHEAD_BYTES)
     try:
         return await parser.parse()
+    except ClientDisconnect:
+        raise incomplete_body() from None
     except MultiPartException as err:
         raise ApiError(400, "invalid_form", f"cannot parse the multipart body: {err.message}") from None
 
