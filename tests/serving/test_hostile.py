@@ -195,24 +195,61 @@ def test_slow_bodies_time_out(served_index, server_runner):
                 sock.close()
 
 
-def test_shutdown_is_bounded_by_the_grace_period(served_index, tmp_path):
+def start_serve_process(index: Path, *extra: str) -> tuple[subprocess.Popen, int]:
+    """``opencir serve`` in a subprocess on a free port, once it answers /healthz."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    server = subprocess.Popen([sys.executable, "-m", "opencir.cli", "serve", "--index", str(served_index[0]),
-                               "--port", str(port), "--log-level", "warning", "--shutdown-grace-s", "2",
-                               "--body-timeout-s", "120"], env=env)
+    server = subprocess.Popen([sys.executable, "-m", "opencir.cli", "serve", "--index", str(index), "--port", str(port),
+                               "--log-level", "warning", *extra], env=env)
+    deadline = time.monotonic() + 120
+    while True:
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise RuntimeError("the server did not start")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return server, port
+        except httpx.TransportError:
+            time.sleep(0.2)
+
+
+def stop(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        server.kill()
+        server.wait()
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak RSS from /proc")
+def test_tiny_extreme_uploads_cost_the_server_bounded_memory(served_index):
+    """A 118-byte 1x20000 PNG used to cost the server about 1 GB (two at once 2.2 GB)."""
+    server, port = start_serve_process(served_index[0])
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        held = []
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+            upload = lambda data: http.post("/v1/search", files={"image": ("s.png", data, "image/png")},
+                                            data={"text": "red"})
+            assert upload(png((64, 64))).status_code == 200  # warm every code path first
+            before = peak_rss_mb(server.pid)
+            for size in [(1, 20000), (20000, 1), (1, 40000), (40000, 1)] * 2:
+                assert upload(png(size)).status_code == 200
+            growth = peak_rss_mb(server.pid) - before
+        assert growth < 150, f"the server's peak RSS grew by {growth:.0f} MB"
+    finally:
+        stop(server)
+
+
+def test_shutdown_is_bounded_by_the_grace_period(served_index):
+    server, port = start_serve_process(served_index[0], "--shutdown-grace-s", "2", "--body-timeout-s", "120")
+    held = []
+    try:
         for _ in range(5):  # requests whose bodies never finish
             sock = socket.create_connection(("127.0.0.1", port), timeout=10)
             sock.sendall(b"POST /v1/search HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
@@ -223,9 +260,7 @@ def test_shutdown_is_bounded_by_the_grace_period(served_index, tmp_path):
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
         assert time.monotonic() - start < 8  # the 2 s grace plus the lifespan's shutdown
+    finally:
         for sock in held:
             sock.close()
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+        stop(server)
