@@ -203,6 +203,8 @@ def measure(index: Path, model: Path | None, extra: list[str], clients: int, tot
             print(f"\n== {' '.join(extra)}: {n} client(s)")
             code |= report(records, wall, n)
             results[n] = summary(records, wall, cpu)
+        batching = httpx.get(f"{base}/v1/info", timeout=10).json().get("serving", {}).get("micro_batching", {})
+        print(f"micro-batching so far: {batching}")
         healthy = httpx.get(f"{base}/healthz", timeout=10).status_code == 200
     finally:
         stop_server(server)
