@@ -249,3 +249,17 @@ def test_info_reveals_no_paths_and_docs_work_offline(client, served_index):
     for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
         assert client.get(f"/docs/assets/{asset}").status_code == 200
     assert client.get("/redoc").status_code == 404  # ReDoc would need a CDN
+
+
+def test_pseudo_word_methods_count_their_prompt(tiny_spec):
+    from opencir.backbones.clip import count_tokens
+    from opencir.methods.io import build_method
+    from opencir.retrieval.query import TextTooLong, check_text_length, text_token_count
+
+    method = build_method("pic2word", tiny_spec)
+    prompt_tokens = text_token_count(method, "red") - count_tokens(method.backbone.tokenizer, "red")
+    assert prompt_tokens > 0  # "a photo of * that ..." adds tokens
+    words = " ".join(["red"] * (77 - 2 - prompt_tokens // 2))  # fits alone, not inside the prompt
+    assert count_tokens(method.backbone.tokenizer, words) <= 77 < text_token_count(method, words)
+    with pytest.raises(TextTooLong, match="reads at most 77"):
+        check_text_length(method, words)
