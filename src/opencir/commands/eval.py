@@ -50,6 +50,7 @@ def provenance(args: argparse.Namespace, method: Any, dataset: Any, options: dic
     """Where a metrics.json comes from: model (directory + fingerprint), method, dataset,
     split, gallery convention and size, number of queries, opencir version, date."""
     from .. import __version__
+    from ..evaluation.protocols import GALLERY_CONVENTION_KEY, protocol_labels
     from ..retrieval.store import model_fingerprint
 
     parts = dataset.evaluation_parts()
@@ -64,7 +65,7 @@ def provenance(args: argparse.Namespace, method: Any, dataset: Any, options: dic
         "dataset": {"name": args.dataset, "root": str(Path(args.root).resolve()), "split": args.split,
                     "options": options},
         "gallery": {
-            "convention": dataset.info.get("gallery", "official"),
+            "convention": protocol_labels(dataset).get(GALLERY_CONVENTION_KEY, "official"),
             "size": sum(len(p.gallery_ids) for p in parts.values()),
             "sizes": {name: len(p.gallery_ids) for name, p in parts.items()} if len(parts) > 1 else None,
             "reference_excluded": excluded == {True},
