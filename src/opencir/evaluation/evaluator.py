@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..data.types import CIRDataset, Triplet
 from ..methods.base import CIRMethod
 from ..retrieval.exact import exact_top_k
-from ..encoding.features import FeatureTable, encode_image_table
+from ..encoding.features import FeatureTable, Sharding, encode_image_table
 from .protocols import aggregate_parts, has_ground_truth
 
 SCORE_BUDGET_BYTES = 64 << 20
@@ -63,9 +63,8 @@ def embed_part(
     """Gallery and query embeddings of one dataset part (every image encoded once)."""
     method.eval()
     triplets = list(dataset.triplets)
-    ids = list(dict.fromkeys([*dataset.gallery_ids, *(t.reference_id for t in triplets)]))
     if table is None:
-        table = encode_image_table(method, dataset, ids, cache_dir, batch_size, device, num_workers)
+        table = encode_image_table(method, dataset, part_image_ids(dataset), cache_dir, batch_size, device, num_workers)
     gallery = torch.cat(
         [
             method.embed_targets(table.gather(dataset.gallery_ids[i : i + batch_size], device)).float().cpu()
@@ -80,6 +79,11 @@ def embed_part(
         text = method.encode_texts([method.query_text(dataset, t, False, rng) for t in chunk])
         queries.append(method.compose(reference, text).float().cpu())
     return QueryEmbeddings(triplets, torch.cat(queries), list(dataset.gallery_ids), gallery, table)
+
+
+def part_image_ids(dataset: CIRDataset) -> list[str]:
+    """The images an evaluation part encodes: its gallery, then the references."""
+    return list(dict.fromkeys([*dataset.gallery_ids, *(t.reference_id for t in dataset.triplets)]))
 
 
 def rank_part(
@@ -115,8 +119,12 @@ def evaluate(
     cache_dir: str | Path | None = None,
     num_workers: int = 0,
     keep_rankings: bool = False,
+    sharding: Sharding | None = None,
 ) -> EvalResult:
-    """Official metrics of ``method`` on ``dataset`` (per part, plus ``avg/`` over parts)."""
+    """Official metrics of ``method`` on ``dataset`` (per part, plus ``avg/`` over parts).
+
+    With a ``sharding`` of several ranks (every rank calls it) the image encoding is split
+    over the ranks and rank 0 alone composes, ranks and scores; other ranks get no metrics."""
     parts = dataset.evaluation_parts()
     per_part: dict[str, dict[str, float]] = {}
     result = EvalResult(metrics={})
@@ -128,6 +136,13 @@ def evaluate(
         needed = {*part.gallery_ids, *(t.reference_id for t in part.triplets)}
         if table is None or not needed.issubset(table.index):
             table = None  # parts sharing their images (ImageNet domains) reuse one encoding
+        if sharding is not None and sharding.world_size > 1:
+            if table is None:
+                method.eval()
+                table = encode_image_table(method, part, part_image_ids(part), cache_dir, batch_size, device,
+                                           num_workers, sharding=sharding)
+            if sharding.rank != 0:
+                continue
         embeddings = embed_part(method, part, batch_size, device, cache_dir, num_workers, table)
         rankings, scores, subsets = rank_part(
             embeddings, protocol.ranking_depth, protocol.exclude_reference, protocol.uses_subsets
