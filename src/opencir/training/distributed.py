@@ -25,11 +25,13 @@ back-propagates loss / k; the result is the gradient of the whole global batch a
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
 import os
 import socket
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -69,7 +71,6 @@ class DistributedContext:
     local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     backend: str | None = None
-    owns_group: bool = False
     object_group: Any = None
     """The group object collectives use: a gloo group next to NCCL, else the default group."""
 
@@ -125,12 +126,6 @@ class DistributedContext:
                 f"start every rank with the same config file and overrides"
             )
 
-    def close(self) -> None:
-        """Destroy the process group if this context created it."""
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-            self.owns_group = False
-
 
 def _differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
@@ -181,15 +176,9 @@ def _rank_device(device_name: str, rank: int, local_rank: int) -> torch.device:
 
 def init_distributed(device_name: str = "auto", backend: str = "auto", timeout_s: float = 1800.0) -> DistributedContext:
     """The context of this process: joins torchrun's process group when ``WORLD_SIZE`` > 1
-    (or reuses one already initialised), else a single-process context on ``device_name``."""
-    if dist.is_available() and dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-        local = _env_int("LOCAL_RANK", rank)
-        device = _rank_device(device_name, rank, local) if world > 1 else _single_device(device_name)
-        name = dist.get_backend()
-        group = dist.new_group(backend="gloo") if name == "nccl" else None
-        return DistributedContext(rank, world, local, device, name, False, group)
-    world = _env_int("WORLD_SIZE", 1)
+    (once per process: later calls reuse it; it is destroyed at exit), else a
+    single-process context on ``device_name``. Device and backend are checked first."""
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else _env_int("WORLD_SIZE", 1)
     if world <= 1:
         return DistributedContext(device=_single_device(device_name))
     rank, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
@@ -199,11 +188,24 @@ def init_distributed(device_name: str = "auto", backend: str = "auto", timeout_s
         raise ValueError("this PyTorch build has no torch.distributed; run without torchrun")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(name, timeout=timedelta(seconds=timeout_s),
-                            device_id=device if name == "nccl" else None)
+    if not dist.is_initialized():
+        dist.init_process_group(name, timeout=timedelta(seconds=timeout_s),
+                                device_id=device if name == "nccl" else None)
+        atexit.register(_destroy)
+        log.info("rank %d/%d on %s (%s)", rank, world, device, name)
+    elif dist.get_backend() != name:
+        raise ValueError(f"this process already joined a {dist.get_backend()!r} process group; train.backend={backend!r} "
+                         f"asks for {name!r}")
+    rank = dist.get_rank()
     group = dist.new_group(backend="gloo") if name == "nccl" else None
-    log.info("rank %d/%d on %s (%s)", rank, world, device, name)
-    return DistributedContext(rank, world, local, device, name, True, group)
+    if rank != 0:  # logs and progress come from rank 0; other ranks report warnings and errors only
+        logging.getLogger("opencir").setLevel(logging.WARNING)
+    return DistributedContext(rank, world, local, device, name, group)
+
+
+def _destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _single_device(name: str) -> torch.device:
@@ -278,7 +280,9 @@ class StepGather:
         if grad:
             from torch.distributed.nn.functional import all_gather
 
-            return torch.cat(all_gather(tensor))
+            with warnings.catch_warnings():  # its deprecation names a private successor only
+                warnings.simplefilter("ignore", FutureWarning)
+                return torch.cat(all_gather(tensor))
         parts = [torch.empty_like(tensor) for _ in range(self.context.world_size)]
         dist.all_gather(parts, tensor.contiguous())
         return torch.cat(parts)

@@ -12,7 +12,7 @@ from ..methods.io import build_method, load_backbone_weights, load_weights_into
 from .config import BackboneConfig, DatasetConfig, RunConfig, TrainConfig, load_run_config
 from .pretrain import ClipPretrain, ClipPretrainConfig, export_backbone_checkpoint
 from .distributed import init_distributed
-from .trainer import Trainer
+from .trainer import Trainer, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -21,19 +21,17 @@ def run_from_config(config: RunConfig, resume: bool = True) -> dict[str, Any]:
     """Build method and datasets from ``config`` and train; returns the summary.
 
     Under ``torchrun`` every rank runs this: it joins the process group first (clear
-    errors for a rank without a device or NCCL on CPU) and leaves it at the end."""
+    errors for a rank without a device or NCCL on CPU)."""
     context = init_distributed(config.device, config.train.backend)
-    try:
-        spec = BackboneSpec(**dataclasses.asdict(config.backbone))
-        method = build_method(config.method, spec, config.method_config)
-        if config.init_from:
-            load_backbone_weights(method, config.init_from)
-        ds = config.dataset
-        train_set = load_dataset(ds.name, ds.root, ds.train_split, **ds.options)
-        val_set = load_dataset(ds.name, ds.root, ds.val_split, **ds.options) if ds.val_split else None
-        summary = Trainer(method, config, train_set, val_set, dist=context).fit(resume=resume)
-    finally:
-        context.close()
+    seed_everything(config.train.seed)  # before the random init (issue 12.11; the "trust" branch does the same)
+    spec = BackboneSpec(**dataclasses.asdict(config.backbone))
+    method = build_method(config.method, spec, config.method_config)
+    if config.init_from:
+        load_backbone_weights(method, config.init_from)
+    ds = config.dataset
+    train_set = load_dataset(ds.name, ds.root, ds.train_split, **ds.options)
+    val_set = load_dataset(ds.name, ds.root, ds.val_split, **ds.options) if ds.val_split else None
+    summary = Trainer(method, config, train_set, val_set, dist=context).fit(resume=resume)
     summary["rank"], summary["world_size"] = context.rank, context.world_size
     summary["output_dir"] = str(config.output_dir)
     summary["best_model"] = str(Path(config.output_dir) / "best")
