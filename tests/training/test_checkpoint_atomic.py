@@ -13,6 +13,7 @@ import io
 import json
 import os
 import signal
+import time
 import types
 
 import pytest
@@ -77,18 +78,27 @@ def _instrument(events: list[str], kill_at: int | None, torn_state: bool, disk_f
     checkpoint.save_model = wrap("save_model", checkpoint.save_model)
 
 
-def _in_child(function) -> int:
-    """Run ``function`` in a forked child; returns its exit signal (negative) or status."""
+def _in_child(function, timeout_s: float = 120.0) -> int:
+    """Run ``function`` in a forked child; returns minus its killing signal, or its exit status."""
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         code = 0
         try:
+            torch.set_num_threads(1)  # the parent's OpenMP thread team does not survive fork
             function()
         except BaseException:
             code = 3
         os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise TimeoutError(f"the forked child did not finish within {timeout_s} s")
+        time.sleep(0.05)
 
 
 def _events_per_write(root, tmp_path) -> tuple[int, list[str]]:
