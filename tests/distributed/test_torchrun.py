@@ -3,7 +3,8 @@
 Three launches share one tiny synthetic dataset (32 triplets, global batch 8, 1 epoch):
 
 A. ``torchrun --nproc_per_node 2`` running, one after the other, every trainable method,
-   TG-CIR with gradient accumulation and plain SGD, ``opencir index``, four mistakes
+   TG-CIR with gradient accumulation and plain SGD, TG-CIR with gradient checkpointing and
+   accumulation, ``opencir index``, four mistakes
    (each must fail with one clear line on every rank) and last a 2-epoch run whose rank 1
    is SIGKILLed mid-epoch 1;
 B. ``torchrun --nproc_per_node 2 -m opencir train ...``: the killed run, started again;
@@ -80,6 +81,9 @@ def _commands(root: Path, images: Path, out: Path, resume_config: list[str]) -> 
     commands = [_train(root, out / name, cache, *overrides) for name, overrides in METHODS.items()]
     commands.append(_train(root, out / "tg-cir-sgd", cache, *METHODS["tg-cir"], "train.optimizer=sgd",
                            "train.weight_decay=0.0", "train.accumulate=2" if "2rank" in out.name else "train.accumulate=1"))
+    if "2rank" in out.name:  # gradient checkpointing under DDP, with accumulation (vs 1proc/tg-cir)
+        commands.append(_train(root, out / "tg-cir-checkpointing", cache, *METHODS["tg-cir"],
+                               "backbone.grad_checkpointing=true", "train.accumulate=2"))
     commands.append(_train(root, out / "uninterrupted", cache, *resume_config, epochs=2))
     commands.append(["index", "--model", str(out / "clip4cir-stage2" / "best"), "--images", str(images), "--out",
                      str(out / "index"), "--shard-size", "7", "--batch-size", "4", "--device", "cpu"])
@@ -171,6 +175,13 @@ def test_accumulation_on_two_ranks_gives_the_single_process_gradients(runs):
     for a, b in zip(_steps(two), _steps(one), strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=LOSS_ATOL)
     assert _max_weight_difference(two, one) <= SGD_ATOL
+
+
+def test_gradient_checkpointing_and_accumulation_under_ddp(runs):
+    two, one = _steps(runs["two"] / "tg-cir-checkpointing"), _steps(runs["one"] / "tg-cir")
+    for a, b in zip(two, one, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=LOSS_ATOL)
+    assert _max_weight_difference(runs["two"] / "tg-cir-checkpointing", runs["one"] / "tg-cir") <= WEIGHT_ATOL
 
 
 def test_sharded_feature_cache_equals_single_process_cache_bit_for_bit(runs):

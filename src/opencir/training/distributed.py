@@ -336,6 +336,10 @@ def wrap_model(module: nn.Module, context: DistributedContext, strategy: str = "
     if strategy == "fsdp":
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
+        if context.device.type != "cuda":
+            raise ValueError("train.strategy=fsdp needs CUDA devices (PyTorch's FSDP shards over GPUs); "
+                             "use train.strategy=ddp on CPU")
+
         return FSDP(module, use_orig_params=True, sync_module_states=True,
                     device_id=context.device if context.device.type == "cuda" else None)
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -346,17 +350,51 @@ def wrap_model(module: nn.Module, context: DistributedContext, strategy: str = "
     return DDP(module, device_ids=ids, find_unused_parameters=True)
 
 
+def _is_fsdp(model: nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(model, FSDP)
+
+
+def optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The whole optimizer state (FSDP: gathered from every rank; a collective)."""
+    if _is_fsdp(model):
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        return FSDP.optim_state_dict(model, optimizer)
+    return optimizer.state_dict()
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a whole optimizer state (saved at any world size; FSDP: this rank's shard of it)."""
+    if _is_fsdp(model):
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        state = FSDP.optim_state_dict_to_load(model, optimizer, state)
+    optimizer.load_state_dict(state)
+
+
+def grad_scaler(model: nn.Module, enabled: bool):
+    """fp16 loss scaling: FSDP's sharded scaler under FSDP, else torch.amp's."""
+    if _is_fsdp(model):
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        return ShardedGradScaler("cuda", enabled=enabled)
+    return torch.amp.GradScaler("cuda", enabled=enabled)
+
+
 def no_sync(model: nn.Module, skip: bool):
     """DDP/FSDP's ``no_sync`` when ``skip`` (all but the last micro-batch), else a no-op."""
     return model.no_sync() if skip and hasattr(model, "no_sync") else nullcontext()
 
 
 def full_parameters(model: nn.Module):
-    """FSDP: the whole parameters for evaluation and saving; DDP / one process: a no-op."""
-    try:
+    """FSDP: the whole parameters for evaluation and saving (every rank enters; a
+    collective); DDP / one process: a no-op."""
+    if _is_fsdp(model):
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    except ImportError:  # pragma: no cover
-        return nullcontext()
-    if isinstance(model, FSDP):
+
         return FSDP.summon_full_params(model, writeback=False, rank0_only=False)
     return nullcontext()

@@ -34,7 +34,8 @@ from ..methods.io import load_weights_into, save_model
 from .checkpoint import STATE_FILE, recover_checkpoint, write_checkpoint
 from .config import RunConfig, config_to_dict, save_run_config
 from .distributed import (DistributedContext, StepGather, check_batch_split, frozen_state, full_parameters,
-                          init_distributed, micro_batches, no_sync, restore_buffers, wrap_model)
+                          grad_scaler, init_distributed, load_optimizer_state, micro_batches, no_sync,
+                          optimizer_state_dict, restore_buffers, wrap_model)
 from .optim import OPTIMIZERS, SCHEDULES
 
 log = logging.getLogger(__name__)
@@ -143,10 +144,10 @@ class Trainer:
                 for s in slots]
 
     # -------------------------------------------------------------- states
-    def _state(self, epoch: int, optimizer, scheduler, scaler, best: dict[str, Any]) -> dict[str, Any]:
+    def _state(self, epoch: int, optimizer_state: dict[str, Any], scheduler, scaler, best: dict[str, Any]) -> dict[str, Any]:
         return {
             "epoch": epoch,
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
             "best": best,
@@ -170,11 +171,11 @@ class Trainer:
                 state = torch.load(last / STATE_FILE, map_location="cpu", weights_only=False)
         return self.dist.broadcast_object(state)
 
-    def _try_resume(self, optimizer, scheduler, scaler) -> tuple[int, dict[str, Any]]:
-        state = self._read_last()
+    def _resume_from(self, state: dict[str, Any] | None, model: nn.Module, optimizer, scheduler, scaler
+                     ) -> tuple[int, dict[str, Any]]:
         if state is None:
             return 0, {"score": None, "epoch": None, "stale": 0, "metrics": {}}
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
@@ -214,16 +215,16 @@ class Trainer:
                     (self.out / name).unlink(missing_ok=True)
         seed_everything(cfg.seed)
         method = self.method.to(self.device)
-        groups = method.parameter_groups(cfg.lr, cfg.weight_decay)
-        if not groups:
+        if not method.parameter_groups(cfg.lr, cfg.weight_decay):
             raise ValueError(f"method {method.name!r} with this config has no trainable parameters")
+        state = self._read_last() if resume else None  # rank 0 loads the weights; DDP/FSDP copy them to all
+        model = wrap_model(_LossStep(method, self._micro_loss), ctx, cfg.strategy)
+        groups = method.parameter_groups(cfg.lr, cfg.weight_decay)  # after wrapping: FSDP's parameter views
         optimizer = OPTIMIZERS.get(cfg.optimizer)(groups, cfg)
         steps_per_epoch = len(self._batches(len(examples), 0))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, SCHEDULES.get(cfg.schedule)(cfg, steps_per_epoch))
-        scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
-        start_epoch, best = self._try_resume(optimizer, scheduler, scaler) if resume else (0, None)
-        best = best or {"score": None, "epoch": None, "stale": 0, "metrics": {}}
-        model = wrap_model(_LossStep(method, self._micro_loss), ctx, cfg.strategy)
+        scaler = grad_scaler(model, enabled=self.use_amp and self.amp_dtype == torch.float16)
+        start_epoch, best = self._resume_from(state, model, optimizer, scheduler, scaler)
 
         table = None
         if self.req.image_encoder_frozen:
@@ -286,9 +287,11 @@ class Trainer:
                 best.update(epoch=epoch)
             self._append_log("metrics.jsonl", record)
             log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in record.items() if isinstance(v, float)})
-            if cfg.save_last and ctx.is_main:
+            if cfg.save_last:
+                optimizer_state = optimizer_state_dict(model, optimizer)  # FSDP: a collective
                 with full_parameters(model):
-                    self._save_last(self._state(epoch, optimizer, scheduler, scaler, best))
+                    if ctx.is_main:
+                        self._save_last(self._state(epoch, optimizer_state, scheduler, scaler, best))
             ctx.barrier()  # nobody runs ahead of rank 0's checkpoint
             epochs_run += 1
             if cfg.early_stop_patience is not None and best["stale"] >= cfg.early_stop_patience:
@@ -353,8 +356,8 @@ class Trainer:
         return self.dist.broadcast_object(result.metrics if self.dist.is_main else None)
 
     def _save_best(self, model: nn.Module, extra: dict[str, Any]) -> None:
-        if self.dist.is_main:
-            with full_parameters(model):
+        with full_parameters(model):  # FSDP: every rank takes part in gathering the weights
+            if self.dist.is_main:
                 save_model(self.method, self.out / "best", extra=extra)
 
     def _epoch_texts(self, examples: list[Any], plans: list[_BatchPlan], epoch: int) -> list[list[str]]:
