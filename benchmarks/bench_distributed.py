@@ -41,8 +41,9 @@ def worker(args: argparse.Namespace) -> None:
     config = RunConfig(method="clip4cir", method_config={"stage": "finetune"},
                        backbone=BackboneConfig(arch=args.arch, pretrained=None),
                        dataset=DatasetConfig(name="cir-shapes", root=args.data, val_split=None),
-                       train=TrainConfig(epochs=1, batch_size=args.batch_size, lr=1e-5, amp=args.device != "cpu",
-                                         amp_dtype="bfloat16", save_last=False, seed=0),
+                       train=TrainConfig(epochs=1, batch_size=args.batch_size, lr=1e-5, amp=False,
+                                         precision="bf16" if args.device != "cpu" else "fp32", save_last=False,
+                                         seed=0),
                        output_dir=args.out, device=args.device, cache_dir=None)
     context = init_distributed(args.device)
     torch.manual_seed(0)

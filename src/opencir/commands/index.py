@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..encoding.precision import CHOICES as PRECISION_CHOICES
 from . import COMMANDS, Command
 
 
@@ -22,6 +23,8 @@ def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=0, help="image loading processes")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
+                        help="encoder compute precision; auto: bf16 on CPUs with native bf16, else fp32")
     parser.add_argument("--delete", action="append", default=[], metavar="ID", help="remove an image id (repeatable)")
 
 
@@ -52,7 +55,8 @@ def _run(args: argparse.Namespace) -> int:
     catalogue = read_catalogue(args.images)
     method = load_model(args.model, device=device)
     report = index_catalogue(method, catalogue, args.out, args.backend, options, args.shard_size,
-                             args.batch_size, device, args.num_workers, model_dir=args.model, sharding=context)
+                             args.batch_size, device, args.num_workers, model_dir=args.model,
+                             precision=args.precision, sharding=context)
     if not context.is_main:
         return 0
     print(json.dumps({

@@ -87,19 +87,22 @@ def finished_shards(build: Path, fingerprint: str) -> list[Shard]:
 
 @torch.no_grad()
 def encode_entries(method: "CIRMethod", catalogue: Catalogue, entries: Sequence[CatalogueEntry],
-                   batch_size: int = 64, device: torch.device | str = "cpu", num_workers: int = 0) -> np.ndarray:
-    """Target embeddings (len(entries), D) float32 of catalogue entries."""
+                   batch_size: int = 64, device: torch.device | str = "cpu", num_workers: int = 0,
+                   precision: str = "fp32") -> np.ndarray:
+    """Target embeddings (len(entries), D) float32 of catalogue entries (``precision`` resolved)."""
     from ..encoding.features import encode_images, method_transform
+    from ..encoding.precision import autocast
 
     parts: list[np.ndarray] = []
 
     def collect(ids: list[str], feats: Mapping[str, torch.Tensor]) -> None:
-        target = method.embed_targets({k: v.to(device) for k, v in feats.items()})
+        with autocast(precision, device):
+            target = method.embed_targets({k: v.to(device) for k, v in feats.items()})
         parts.append(target.float().cpu().numpy())
 
     _, transform = method_transform(method)
     encode_images(method, catalogue.as_dataset(), [e.image_id for e in entries], transform, batch_size,
-                  device, num_workers, on_batch=collect, desc="encode shard")
+                  device, num_workers, on_batch=collect, desc="encode shard", precision=precision)
     return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -115,6 +118,7 @@ def index_catalogue(
     num_workers: int = 0,
     on_shard: Callable[[int], None] | None = None,
     model_dir: str | Path | None = None,
+    precision: str = "fp32",
     sharding: "Sharding | None" = None,
 ) -> IndexReport:
     """Create ``out_dir`` or add the catalogue's new images to it (resuming a killed job).
@@ -122,24 +126,31 @@ def index_catalogue(
     ``backend``/``backend_options`` apply when the index is created (default ``exact``);
     an existing index keeps its own. ``on_shard(n)`` is called after shard ``n`` is on disk.
     ``model_dir`` (where ``method`` was loaded from) is recorded so that search and serve
-    can find the model without being told. With a ``sharding`` of several ranks (every rank
-    calls this, e.g. ``opencir index`` under torchrun) the shards are encoded across ranks
-    and rank 0 alone writes them and commits: the index equals a single-process one.
+    can find the model without being told. ``precision`` (``fp32``, ``bf16``, ``auto`` ...,
+    see ``encoding.precision``) is the compute precision of the image encoder; it is
+    recorded in the manifest, and shards of a killed job are reused only at the same one.
+    With a ``sharding`` of several ranks (every rank calls this, e.g. ``opencir index``
+    under torchrun) the shards are encoded across ranks and rank 0 alone writes them and
+    commits: the index equals a single-process one.
     """
+    from ..encoding.precision import resolve_precision
+
+    precision = resolve_precision(precision, device)
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     out = Path(out_dir)
     sharded = sharding is not None and sharding.world_size > 1
     if sharded and sharding.rank != 0:
-        return _index_follower(method, catalogue, sharding, batch_size, device, num_workers)
+        return _index_follower(method, catalogue, sharding, batch_size, device, num_workers, precision)
     try:
         lock = acquire_writer_lock(out)
         try:
             model = model_description(method)
+            model["precision"] = precision
             if model_dir is not None:
                 model["directory"] = str(Path(model_dir).resolve())
             report = _index_locked(method, catalogue, out, backend, backend_options, shard_size, batch_size,
-                                   device, num_workers, on_shard, model, sharding if sharded else None)
+                                   device, num_workers, on_shard, model, precision, sharding if sharded else None)
         finally:
             release_writer_lock(lock)
     except Exception as err:
@@ -167,19 +178,20 @@ def _receive(sharding: "Sharding", expected: str) -> Any:
 
 
 def _encode_work(method: "CIRMethod", catalogue: Catalogue, work: Sequence[tuple[int, Sequence[CatalogueEntry]]],
-                 batch_size: int, device: torch.device | str, num_workers: int, sharding: "Sharding | None"
-                 ) -> Iterator[tuple[int, Sequence[CatalogueEntry], np.ndarray]]:
+                 batch_size: int, device: torch.device | str, num_workers: int, precision: str,
+                 sharding: "Sharding | None") -> Iterator[tuple[int, Sequence[CatalogueEntry], np.ndarray]]:
     """(number, entries, vectors) of every work item, in order (on rank 0 only when sharded:
     rank r encodes items r, r + W, ... and rank 0 receives them, one round of W at a time)."""
     if sharding is None:
         for number, chunk in work:
-            yield number, chunk, encode_entries(method, catalogue, chunk, batch_size, device, num_workers)
+            yield number, chunk, encode_entries(method, catalogue, chunk, batch_size, device, num_workers, precision)
         return
     world = sharding.world_size
     for start in range(0, len(work), world):
         round_ = work[start:start + world]
         mine = round_[sharding.rank] if sharding.rank < len(round_) else None
-        vectors = encode_entries(method, catalogue, mine[1], batch_size, device, num_workers) if mine else None
+        vectors = (encode_entries(method, catalogue, mine[1], batch_size, device, num_workers, precision)
+                   if mine else None)
         gathered = sharding.all_gather_object(vectors)
         if sharding.rank == 0:
             for (number, chunk), rank_vectors in zip(round_, gathered):
@@ -187,20 +199,22 @@ def _encode_work(method: "CIRMethod", catalogue: Catalogue, work: Sequence[tuple
 
 
 def _index_follower(method: "CIRMethod", catalogue: Catalogue, sharding: "Sharding", batch_size: int,
-                    device: torch.device | str, num_workers: int) -> IndexReport:
+                    device: torch.device | str, num_workers: int, precision: str) -> IndexReport:
     """A rank other than 0: encode this rank's share of rank 0's plan, return rank 0's report."""
     entries = {e.image_id: e for e in catalogue.entries}
     plan = _receive(sharding, "plan")
     work = [(number, [entries[i] for i in ids]) for number, ids in plan]
     method.eval()
-    for _ in _encode_work(method, catalogue, work, batch_size, device, num_workers, sharding):
+    for _ in _encode_work(method, catalogue, work, batch_size, device, num_workers, precision, sharding):
         pass
     return _receive(sharding, "report")
 
 
 def _index_locked(method, catalogue, out, backend, backend_options, shard_size, batch_size, device,
-                  num_workers, on_shard, model, sharding=None) -> IndexReport:
+                  num_workers, on_shard, model, precision="fp32", sharding=None) -> IndexReport:
     fingerprint = model_fingerprint(method)
+    # shards of a killed job are reused only when encoded by the same model at the same precision
+    job_key = fingerprint if precision == "fp32" else f"{fingerprint}+{precision}"
     store = IndexStore.open(out, writable=True, take_lock=False) if (out / MANIFEST).is_file() else None
     try:
         if store is not None:
@@ -209,9 +223,9 @@ def _index_locked(method, catalogue, out, backend, backend_options, shard_size, 
                 log.warning("%s keeps its %r backend; --backend %s applies to new indexes only",
                             out, store.manifest["backend"]["name"], backend)
         build = out / BUILD
-        shards = finished_shards(build, fingerprint)
+        shards = finished_shards(build, job_key)
         build.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(build / JOB_FILE, {"fingerprint": fingerprint})
+        atomic_write_json(build / JOB_FILE, {"fingerprint": job_key})
         in_shards = {i for s in shards for i in s.ids}
         indexed = {e.image_id for e in catalogue.entries if store is not None and e.image_id in store}
         pending = [e for e in catalogue.entries if e.image_id not in indexed and e.image_id not in in_shards]
@@ -225,7 +239,8 @@ def _index_locked(method, catalogue, out, backend, backend_options, shard_size, 
         if sharding is not None:
             _send(sharding, ("plan", [(n, [e.image_id for e in chunk]) for n, chunk in work]))
         with tqdm(total=total, initial=total - len(pending), desc=f"index {out.name}", unit="img", disable=None) as bar:
-            for number, chunk, vectors in _encode_work(method, catalogue, work, batch_size, device, num_workers, sharding):
+            for number, chunk, vectors in _encode_work(method, catalogue, work, batch_size, device, num_workers,
+                                                       precision, sharding):
                 vectors_file, ids_file = _shard_paths(build, number)
                 atomic_save_npy(vectors_file, vectors)
                 atomic_write_json(ids_file, {"ids": [e.image_id for e in chunk]})

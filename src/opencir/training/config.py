@@ -50,6 +50,8 @@ class TrainConfig:
     step_gamma: float = 0.1
     grad_clip: float | None = None
     amp: bool = True
+    precision: str = "auto"
+    """auto (fp16 autocast on CUDA when amp, else fp32) | fp32 | bf16 (CPU or CUDA) | fp16 (CUDA)."""
     seed: int = 42
     num_workers: int = 0
     drop_last: bool = True
@@ -65,8 +67,6 @@ class TrainConfig:
     """Under torchrun: ``ddp`` (replicated weights) or ``fsdp`` (sharded weights)."""
     backend: str = "auto"
     """Under torchrun: ``auto`` (nccl on CUDA, gloo on CPU), ``nccl`` or ``gloo``."""
-    amp_dtype: str = "float16"
-    """Autocast precision on CUDA when ``amp``: ``float16`` (with a grad scaler) or ``bfloat16``."""
     log_steps: bool = False
     """Also write every step's (globally averaged) losses to ``steps.jsonl``."""
 

@@ -33,6 +33,7 @@ from ..methods.base import CIRMethod, Features
 from ..methods.io import load_weights_into, save_model
 from .checkpoint import STATE_FILE, recover_checkpoint, write_checkpoint
 from .config import RunConfig, config_to_dict, save_run_config
+from ..encoding.precision import autocast, resolve_training_precision
 from .distributed import (DistributedContext, StepGather, check_batch_split, frozen_state, full_parameters,
                           grad_scaler, init_distributed, load_optimizer_state, micro_batches, no_sync,
                           optimizer_state_dict, restore_buffers, wrap_model)
@@ -40,7 +41,6 @@ from .optim import OPTIMIZERS, SCHEDULES
 
 log = logging.getLogger(__name__)
 STEPS_FILE = "steps.jsonl"
-AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -87,15 +87,19 @@ class Trainer:
                  dist: DistributedContext | None = None) -> None:
         self.method, self.config, self.train_set, self.val_set = method, config, train_set, val_set
         self.cfg = config.train
-        if self.cfg.amp_dtype not in AMP_DTYPES:
-            raise ValueError(f"train.amp_dtype must be one of {sorted(AMP_DTYPES)}, got {self.cfg.amp_dtype!r}")
         self.dist = dist if dist is not None else init_distributed(config.device, self.cfg.backend)
         self.device = self.dist.device if self.dist.distributed else resolve_device(config.device)
         self.out = Path(config.output_dir)
         self.req = method.requirements
-        self.use_amp = self.cfg.amp and self.device.type == "cuda"
-        self.amp_dtype = AMP_DTYPES[self.cfg.amp_dtype]
+        self.precision = resolve_training_precision(self.cfg.precision, self.cfg.amp, self.device)
+        self.use_amp = self.precision == "fp16"  # the grad scaler is for fp16 only
         self._examples_cache: list[Any] = []
+
+    @property
+    def encode_precision(self) -> str:
+        """Precision of the feature cache and validation: bf16 when training in bf16, else
+        fp32 (fp16 training on CUDA keeps its fp32 cache, as before precision existed)."""
+        return "bf16" if self.precision == "bf16" else "fp32"
 
     # ------------------------------------------------------------ examples
     def _examples(self) -> list[Any]:
@@ -223,14 +227,14 @@ class Trainer:
         optimizer = OPTIMIZERS.get(cfg.optimizer)(groups, cfg)
         steps_per_epoch = len(self._batches(len(examples), 0))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, SCHEDULES.get(cfg.schedule)(cfg, steps_per_epoch))
-        scaler = grad_scaler(model, enabled=self.use_amp and self.amp_dtype == torch.float16)
+        scaler = grad_scaler(model, enabled=self.use_amp)
         start_epoch, best = self._resume_from(state, model, optimizer, scheduler, scaler)
 
         table = None
         if self.req.image_encoder_frozen:
             ids = sorted({k for e in examples for k in self._image_keys(e)})
             table = encode_image_table(method, self.train_set, ids, self.config.cache_dir, cfg.eval_batch_size,
-                                       self.device, cfg.num_workers, sharding=ctx)
+                                       self.device, cfg.num_workers, precision=self.encode_precision, sharding=ctx)
         texts = TextFeatureCache(method, self.device, enabled=self.req.text_encoder_frozen)
 
         for epoch in range(start_epoch):  # rebuild the text cache exactly as the killed run had it
@@ -274,7 +278,7 @@ class Trainer:
             record: dict[str, Any] = {"epoch": epoch, "lr": epoch_lr}
             record.update({f"train/{k}": v / max(1, len(plans)) for k, v in totals.items()})
             if self.val_set is not None and (epoch + 1) % cfg.val_every == 0:
-                metrics = self._validate(model, method)
+                metrics = self._validate(model, method, texts)
                 record.update({f"val/{k}": v for k, v in metrics.items()})
                 score = select_score(metrics, cfg.select_metrics)
                 if best["score"] is None or score > best["score"]:
@@ -312,7 +316,7 @@ class Trainer:
     def _micro_loss(self, plan: _BatchPlan, strings: list[str], slots: list[Any], from_table: bool,
                     texts: TextFeatureCache, gather: BatchGather) -> dict[str, torch.Tensor]:
         """One micro-batch: encode its images and texts, assemble, ``method.loss`` (in autocast)."""
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+        with autocast(self.precision, self.device):
             images = self._encode_slots(slots, from_table)
             batch = self._assemble(self._examples_cache, plan, images, texts(strings) if strings else None)
             batch[GATHER_KEY] = gather
@@ -347,11 +351,14 @@ class Trainer:
         mean = self.dist.all_reduce_mean(torch.stack([sums[n] / k for n in names]))
         return {name: float(v) for name, v in zip(names, mean)}
 
-    def _validate(self, model: nn.Module, method: CIRMethod) -> dict[str, float]:
+    def _validate(self, model: nn.Module, method: CIRMethod, texts: TextFeatureCache) -> dict[str, float]:
         """Gallery encoded sharded over ranks, scored on rank 0; every rank gets the metrics."""
         with full_parameters(model):
             result = evaluate(method, self.val_set, self.cfg.eval_batch_size, self.device,
                               self.config.cache_dir if self.req.image_encoder_frozen else None, self.cfg.num_workers,
+                              # one process reuses its frozen-text cache; ranks keep theirs identical
+                              text_cache=texts if texts.enabled and not self.dist.distributed else None,
+                              precision=self.encode_precision,
                               sharding=self.dist)
         return self.dist.broadcast_object(result.metrics if self.dist.is_main else None)
 
