@@ -26,7 +26,6 @@ back-propagates loss / k; the result is the gradient of the whole global batch a
 from __future__ import annotations
 
 import atexit
-import hashlib
 import json
 import logging
 import os
@@ -134,11 +133,6 @@ def _differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
             keys += _differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")
         return keys
     return [] if a == b else [prefix.rstrip(".") or "<value>"]
-
-
-def digest(payload: Any) -> str:
-    """A short stable hash of a JSON-able payload."""
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _resolve_backend(backend: str, device: torch.device) -> str:
