@@ -16,6 +16,7 @@ import yaml
 
 from ..encoding.precision import CHOICES as PRECISION_CHOICES
 from ..typed import ConfigError, Validated, bounds, build_dataclass
+from .distributed import BACKENDS, STRATEGIES
 
 POSITIVE = bounds(min=1)
 NON_NEGATIVE = bounds(min=0)
@@ -70,6 +71,15 @@ class TrainConfig(Validated):
     select_metrics: tuple[str, ...] = ("R@1",)
     early_stop_patience: int | None = field(default=None, metadata=POSITIVE)
     save_last: bool = True
+    accumulate: int = field(default=1, metadata=POSITIVE)
+    """Micro-batches per step: the global ``batch_size`` is split into this many parts per
+    rank (same loss and gradients as the whole batch, docs/training.md)."""
+    strategy: str = field(default="ddp", metadata=bounds(choices=STRATEGIES))
+    """Under torchrun: ``ddp`` (replicated weights) or ``fsdp`` (sharded weights)."""
+    backend: str = field(default="auto", metadata=bounds(choices=BACKENDS))
+    """Under torchrun: ``auto`` (nccl on CUDA, gloo on CPU), ``nccl`` or ``gloo``."""
+    log_steps: bool = False
+    """Also write every step's (globally averaged) losses to ``steps.jsonl``."""
 
 
 @dataclass
