@@ -17,8 +17,8 @@ def resolve_device(name: str | torch.device) -> torch.device:
             raise ValueError(f"device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {str(name)!r} asked for, but this machine has no usable CUDA GPU "
-                             f"(torch {torch.__version__}); use device='cpu' or 'auto' (cuda when there is one)")
+            raise ValueError(f"device {str(name)!r} asked for, but this machine has no CUDA device that torch "
+                             f"{torch.__version__} can use; use device='cpu' or 'auto' (cuda when there is one)")
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
             raise ValueError(f"device {str(name)!r} asked for, but this machine has {count} CUDA device(s); "

@@ -41,7 +41,7 @@ def test_lists_become_tuples_and_one_value_fills_a_variable_length_tuple():
     ("train.betas=[0.9]", "config key 'train.betas': got [0.9], expected a list of 2 values"),
     ("train.betas=[0.9, 2]", "config key 'train.betas': got (0.9, 2.0), must be at most 1"),
     ("train.step_epochs=[1, x]", "config key 'train.step_epochs[1]': got 'x', expected an integer"),
-    ("train.optimizer=sgd", "config key 'train.optimizer': unknown name 'sgd'; valid: adam, adamw"),
+    ("train.optimizer=lion", "config key 'train.optimizer': unknown name 'lion'; valid: adam, adamw, sgd"),
     ("train.schedule=linear", "config key 'train.schedule': unknown name 'linear'; valid: cosine, none, step"),
     ("train.num_workers=-1", "config key 'train.num_workers': got -1, must be at least 0"),
     ("method_config.dropout=high", "config key 'method_config.dropout': got 'high', expected a number"),
@@ -73,7 +73,7 @@ def test_train_refuses_nonsense_before_any_work(shapes_root, tmp_path, capsys, o
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_device_without_cuda_fails_at_config_time():
-    with pytest.raises(ConfigError, match="config key 'device': device 'cuda' asked for, but this machine has no usable CUDA"):
+    with pytest.raises(ConfigError, match="config key 'device': device 'cuda' asked for, but this machine has no CUDA device"):
         load_run_config(RECIPE, ["device=cuda"])
 
 
