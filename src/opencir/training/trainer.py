@@ -13,6 +13,7 @@ import json
 import logging
 import random
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,6 +28,7 @@ from ..data.types import CIRDataset, Triplet
 from ..evaluation.evaluator import evaluate, select_score
 from ..methods.base import CIRMethod, Features
 from ..methods.io import load_weights_into, save_model
+from .card import run_card
 from .config import RunConfig, save_run_config
 from ..encoding.features import FeatureTable, TextFeatureCache, encode_image_table, load_pixels, method_transform
 from .optim import OPTIMIZERS, SCHEDULES
@@ -82,6 +84,11 @@ class Trainer:
         self.out = Path(config.output_dir)
         self.req = method.requirements
         self.use_amp = self.cfg.amp and self.device.type == "cuda"
+        self._started = time.monotonic()
+
+    def _elapsed(self) -> float:
+        """Seconds since this trainer was made (the training time written into model cards)."""
+        return time.monotonic() - self._started
 
     # ------------------------------------------------------------ examples
     def _examples(self) -> list[Any]:
@@ -144,7 +151,8 @@ class Trainer:
 
     def _save_last(self, state: dict[str, Any]) -> None:
         last = self.out / "last"
-        save_model(self.method, last, extra={"epoch": state["epoch"]})
+        save_model(self.method, last, extra={"epoch": state["epoch"]}, backbone_store=self.out,
+                   card=run_card(self.config, self.val_set, state["best"].get("metrics"), self._elapsed()))
         tmp = last / (STATE_FILE + ".tmp")
         torch.save(state, tmp)
         tmp.replace(last / STATE_FILE)
@@ -237,11 +245,13 @@ class Trainer:
                 score = select_score(result.metrics, cfg.select_metrics)
                 if best["score"] is None or score > best["score"]:
                     best = {"score": score, "epoch": epoch, "stale": 0, "metrics": result.metrics}
-                    save_model(method, self.out / "best", extra={"epoch": epoch, "select_score": score})
+                    save_model(method, self.out / "best", extra={"epoch": epoch, "select_score": score}, backbone_store=self.out,
+                               card=run_card(self.config, self.val_set, result.metrics, self._elapsed()))
                 else:
                     best["stale"] += 1
             elif self.val_set is None:
-                save_model(method, self.out / "best", extra={"epoch": epoch})
+                save_model(method, self.out / "best", extra={"epoch": epoch}, backbone_store=self.out,
+                           card=run_card(self.config, None, None, self._elapsed()))
                 best.update(epoch=epoch)
             with (self.out / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps(record) + "\n")
