@@ -182,6 +182,31 @@ class CIRMethod(nn.Module):
         return encode_queries(self, images, texts, masks=masks, catalogue=catalogue, batch_size=batch_size,
                               device=device, progress=progress, convert_to_numpy=convert_to_numpy)
 
+    # ----------------------------------------------------------- the Hub
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, *, device: str | torch.device = "cpu", revision: str | None = None,
+                        token: str | bool | None = None, cache_dir: str | None = None,
+                        local_files_only: bool = False) -> "CIRMethod":
+        """A saved model from a directory, ``org/name`` or ``hf-hub:org/name`` on the Hugging
+        Face Hub (cache, ``HF_HUB_OFFLINE``, revision and token as huggingface_hub has them).
+        On a method class (``Clip4Cir.from_pretrained``) a model of another method is refused."""
+        from .hub import load_model
+
+        return load_model(name_or_path, device=device, expected_method=cls.name or None, revision=revision,
+                          token=token, cache_dir=cache_dir, local_files_only=local_files_only, bare_repo_ids=True)
+
+    def save_pretrained(self, directory: str, card: Any = None) -> Any:
+        """Write a self-contained model directory (weights, config.json, README.md model card)."""
+        from .hub import save_pretrained
+
+        return save_pretrained(self, directory, card)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload this model to the Hub repo ``repo_id`` in one commit (see ``methods.hub.push_to_hub``)."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
     # ------------------------------------------------------------ training
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Named parameters that receive gradients, honouring frozen encoders."""

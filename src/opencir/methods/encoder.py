@@ -60,11 +60,11 @@ def _open(item: ImageInput) -> Image.Image:
 
 
 def _batches(method: "CIRMethod", images: list[ImageInput], masks: list[ImageInput | None], batch_size: int,
-             device: torch.device, progress: bool, desc: str):
+             device: torch.device, progress: bool | None, desc: str):
     """(start, pixels, masks) per batch, preprocessed with the method's own transform."""
     transform = method.preprocess
     needs_masks = method.requirements.needs_masks
-    with tqdm(total=len(images), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+    with tqdm(total=len(images), desc=desc, unit="img", disable=None if progress is None else not progress, leave=False) as bar:
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
             pixels = torch.stack([transform(_open(item)) for item in chunk]).to(device)
@@ -101,7 +101,7 @@ def _run(method: "CIRMethod", device: torch.device | str | None, batch_size: int
 
 def encode_gallery(method: "CIRMethod", images: Sequence[ImageInput], *, masks: Sequence[ImageInput | None] | None = None,
                    catalogue: "Catalogue | None" = None, batch_size: int = 32, device: torch.device | str | None = None,
-                   progress: bool = False, convert_to_numpy: bool = True) -> np.ndarray | torch.Tensor:
+                   progress: bool | None = False, convert_to_numpy: bool = True) -> np.ndarray | torch.Tensor:
     """(N, D) gallery vectors of ``images``: what ``opencir index`` stores for them."""
     resolved, mask_list = _resolve(images, masks, catalogue, "encode_gallery")
 
@@ -115,7 +115,7 @@ def encode_gallery(method: "CIRMethod", images: Sequence[ImageInput], *, masks: 
 
 def encode_queries(method: "CIRMethod", images: Sequence[ImageInput], texts: Sequence[str], *,
                    masks: Sequence[ImageInput | None] | None = None, catalogue: "Catalogue | None" = None,
-                   batch_size: int = 32, device: torch.device | str | None = None, progress: bool = False,
+                   batch_size: int = 32, device: torch.device | str | None = None, progress: bool | None = False,
                    convert_to_numpy: bool = True) -> np.ndarray | torch.Tensor:
     """(N, D) composed query vectors of (reference image i, modification text i)."""
     if isinstance(texts, str):

@@ -253,6 +253,9 @@ def load_model(directory: str | Path, expected_method: str | None = None, device
     backbone = ClipBackbone(spec, load_weights=False)  # weights come from the directory
     method = build_method(config["method"], backbone, config["method_config"])
     load_weights_into(method, directory, verify=verify)
+    # what save_pretrained / push_to_hub of this model write again (the card of its run)
+    method.card_info = CardInfo.from_dict(config.get("card"))
+    method.saved_extra = {k: config[k] for k in ("epoch", "select_score") if k in config}
     return method.to(device).eval()
 
 
