@@ -120,7 +120,7 @@ def _save_torchscript(tower: nn.Module, inputs: dict[str, torch.Tensor], path: P
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(tower, tuple(inputs.values()), check_trace=False)
-    torch.jit.save(traced, str(path))
+        torch.jit.save(traced, str(path))
 
 
 def _run_torchscript(path: Path, inputs: dict[str, torch.Tensor]) -> np.ndarray:
