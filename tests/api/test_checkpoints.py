@@ -137,3 +137,13 @@ def test_trainer_writes_lean_best_and_last_with_a_card(trained_run):
     assert len(list((trained_run / BACKBONE_STORE).glob("*.safetensors"))) == 1
     model = load_model(trained_run / "best")
     assert model.encode_gallery([]).shape == (0, model.backbone.embed_dim)
+
+
+def test_directories_saved_before_hashes_existed_still_load(combiner, tmp_path):
+    directory = save_model(combiner, tmp_path / "old")
+    config = json.loads((directory / "config.json").read_text())
+    del config["files"]
+    config["format_version"] = 1
+    (directory / "config.json").write_text(json.dumps(config))
+    (directory / "README.md").unlink()
+    assert torch.equal(_probe(load_model(directory)), _probe(combiner))
