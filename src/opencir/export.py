@@ -57,7 +57,9 @@ class QueryTower(nn.Module):
 
     def forward(self, pixels: torch.Tensor, token_ids: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
         reference = self.method.encode_images(pixels, masks)
-        return self.method.compose(reference, {"pooled": self.method.backbone.encode_text(token_ids)})
+        # open_clip's own text tower over the full context: ``ClipBackbone.encode_text`` trims
+        # padding by a data-dependent length, which a traced graph would freeze
+        return self.method.compose(reference, {"pooled": self.method.backbone.model.encode_text(token_ids)})
 
 
 def query_tower_supported(method: CIRMethod) -> bool:

@@ -28,7 +28,7 @@ def test_gallery_to_parquet(trained_run, gallery_folder, tmp_path, capsys):
 
     out = tmp_path / "gallery.parquet"
     assert main(["encode", "--model", str(trained_run / "best"), "--images", str(gallery_folder), "--out", str(out),
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu", "--precision", "fp32"]) == 0
     assert json.loads(capsys.readouterr().out)["kind"] == "gallery"  # stdout is pure JSON
     table = pq.read_table(out)
     catalogue = read_catalogue(gallery_folder)
@@ -42,7 +42,7 @@ def test_gallery_to_parquet(trained_run, gallery_folder, tmp_path, capsys):
 def test_queries_to_npy(trained_run, gallery_folder, queries_file, tmp_path, capsys):
     out = tmp_path / "q.npy"
     assert main(["encode", "--model", str(trained_run / "best"), "--queries", str(queries_file), "--images",
-                 str(gallery_folder), "--out", str(out)]) == 0
+                 str(gallery_folder), "--out", str(out), "--precision", "fp32"]) == 0
     assert json.loads(capsys.readouterr().out)["count"] == 3
     sidecar = json.loads((tmp_path / "q.ids.json").read_text())
     assert sidecar["query_id"] == ["q1", "q2", "3"] and sidecar["kind"] == "queries"
@@ -72,3 +72,20 @@ def test_unknown_output_format_is_refused(trained_run, gallery_folder, tmp_path,
     code = main(["encode", "--model", str(trained_run / "best"), "--images", str(gallery_folder), "--out",
                  str(tmp_path / "v.csv")])
     assert code == 2 and "choose a .npy or .parquet" in capsys.readouterr().err
+
+
+def test_index_and_encode_at_their_default_precision_agree(trained_run, gallery_folder, tmp_path, capsys):
+    """The shell flow: `opencir index` then `opencir encode`, both with their defaults
+    (precision auto: bf16 on CPUs with native bf16), give the same gallery vectors."""
+    from opencir.retrieval.store import IndexStore
+
+    index = tmp_path / "cli.idx"
+    assert main(["index", "--model", str(trained_run / "best"), "--images", str(gallery_folder), "--out", str(index),
+                 "--device", "cpu"]) == 0
+    out = tmp_path / "v.npy"
+    assert main(["encode", "--model", str(trained_run / "best"), "--images", str(gallery_folder), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    capsys.readouterr()
+    ids = json.loads((tmp_path / "v.ids.json").read_text())["image_id"]
+    with IndexStore.open(index) as store:
+        np.testing.assert_allclose(np.load(out), store.vectors(ids), rtol=0, atol=1e-6)

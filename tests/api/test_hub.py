@@ -72,7 +72,7 @@ def test_load_by_hub_name_offline_encodes_like_the_index(hub_cache, trained_run,
     out = tmp_path / "vectors.npy"
     env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "home")}
     done = cli("encode", "--model", f"hf-hub:{REPO_ID}", "--images", str(gallery_folder), "--out", str(out),
-               "--batch-size", "5", "--device", "cpu", env=env)
+               "--batch-size", "5", "--device", "cpu", "--precision", "fp32", env=env)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     ids = json.loads(out.with_name("vectors.ids.json").read_text())["image_id"]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..encoding.precision import CHOICES as PRECISION_CHOICES
 from . import COMMANDS, Command
 
 EPILOG = """examples:
@@ -73,11 +74,15 @@ def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output file: .npy (+ .ids.json) or .parquet")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: auto)")
+    parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
+                        help="encoder compute precision, as for `opencir index` (whose vectors these equal at the "
+                             "same setting); auto: bf16 on CPUs with native bf16, else fp32 (default: auto)")
     parser.add_argument("--revision", help="Hub revision (branch, tag or commit) for an hf-hub: model")
 
 
 def _run(args: argparse.Namespace) -> int:
     from ..api import load_model
+    from ..encoding.precision import autocast, resolve_precision
     from ..retrieval.catalogue import read_catalogue
     from ..training.trainer import resolve_device
     from ..vectors import write_vectors
@@ -90,22 +95,31 @@ def _run(args: argparse.Namespace) -> int:
     ids = {e.image_id for e in catalogue.entries} if catalogue is not None else set()
     queries = read_queries(args.queries, ids) if args.queries else None
     device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
     model = load_model(args.model, device=device, revision=args.revision)
-    meta: dict[str, Any] = {"model": str(args.model), "method": model.name, "kind": "queries" if queries else "gallery"}
-    if queries:
-        vectors = model.encode_queries([q.reference for q in queries], [q.text for q in queries], catalogue=catalogue,
-                                       batch_size=args.batch_size, progress=None)
-        columns = {"query_id": [q.query_id for q in queries], "reference": [q.reference for q in queries],
-                   "text": [q.text for q in queries]}
-    else:
-        entries = catalogue.entries
-        vectors = model.encode_gallery([e.image_id for e in entries], catalogue=catalogue, batch_size=args.batch_size,
-                                       progress=None)
-        columns = {"image_id": [e.image_id for e in entries]}
+    meta: dict[str, Any] = {"model": str(args.model), "method": model.name, "kind": "queries" if queries else "gallery",
+                            "precision": precision}
+    with autocast(precision, device):  # as `opencir index` encodes; outputs are float32 either way
+        vectors, columns = _encode(model, catalogue, queries, args.batch_size)
     files = write_vectors(args.out, vectors, columns, {**meta, "dim": int(vectors.shape[1])})
     print(json.dumps({**meta, "count": int(vectors.shape[0]), "dim": int(vectors.shape[1]),
                       "files": [str(f) for f in files]}, indent=2))
     return 0
+
+
+def _encode(model: Any, catalogue: Any, queries: list[Query] | None, batch_size: int) -> tuple[Any, dict[str, list[str]]]:
+    """Vectors and their id columns: the queries when given, else the catalogue's images."""
+    if queries:
+        vectors = model.encode_queries([q.reference for q in queries], [q.text for q in queries], catalogue=catalogue,
+                                       batch_size=batch_size, progress=None)
+        columns = {"query_id": [q.query_id for q in queries], "reference": [q.reference for q in queries],
+                   "text": [q.text for q in queries]}
+    else:
+        entries = catalogue.entries
+        vectors = model.encode_gallery([e.image_id for e in entries], catalogue=catalogue, batch_size=batch_size,
+                                       progress=None)
+        columns = {"image_id": [e.image_id for e in entries]}
+    return vectors, columns
 
 
 COMMANDS.register("encode")(Command("encode gallery images or composed queries to a .npy/.parquet vector file", _add, _run))
