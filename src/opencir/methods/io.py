@@ -18,7 +18,6 @@ Two layouts:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ import torch
 from ..backbones import BackboneSpec, ClipBackbone
 from .base import METHODS, CIRMethod
 from .card import CARD_FILE, CardInfo, render_card
+from .official import file_sha256
 
 FORMAT_VERSION = 2
 """Highest format this version reads; full directories are still written as format 1."""
@@ -64,11 +64,7 @@ def build_method(name: str, backbone: BackboneSpec | ClipBackbone, config: Mappi
 # ----------------------------------------------------------------- hashing
 def file_digest(path: str | Path) -> dict[str, Any]:
     """``{"size": bytes, "sha256": hex}`` of a file, read in 4 MiB chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(HASH_CHUNK), b""):
-            digest.update(block)
-    return {"size": Path(path).stat().st_size, "sha256": digest.hexdigest()}
+    return {"size": Path(path).stat().st_size, "sha256": file_sha256(path, HASH_CHUNK)}
 
 
 def verify_file(path: Path, recorded: Mapping[str, Any], what: str) -> None:
