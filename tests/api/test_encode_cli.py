@@ -16,7 +16,7 @@ def queries_file(gallery_folder, tmp_path_factory):
     folder = tmp_path_factory.mktemp("queries")
     paths = sorted(gallery_folder.glob("*.png"))
     rows = [{"query_id": "q1", "image": str(paths[0]), "text": "make it red"},
-            {"query_id": "q2", "image_id": paths[1].stem, "text": "remove the square"},
+            {"query_id": "q2", "ref_id": paths[1].stem, "text": "remove the square"},
             {"image": str(paths[2]), "text": "add a cross"}]
     path = folder / "q.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -54,9 +54,9 @@ def test_queries_to_npy(trained_run, gallery_folder, queries_file, tmp_path, cap
 
 @pytest.mark.parametrize("line, message", [
     ('{"image": "nope.png", "text": "x"}', "q.jsonl:1: image not found"),
-    ('{"image_id": "unknown", "text": "x"}', "q.jsonl:1: image_id 'unknown' is not in the --images catalogue"),
-    ('{"image_id": "a"}', "q.jsonl:1: 'text' must be a non-empty string"),
-    ("not json", "q.jsonl:1: not valid JSON"),
+    ('{"ref_id": "unknown", "text": "x"}', "query 1: ref_id 'unknown' is not in the --images catalogue"),
+    ('{"ref_id": "a"}', "q.jsonl:1"),
+    ("not json", "q.jsonl:1: not a JSON object"),
 ])
 def test_bad_queries_fail_in_one_line(trained_run, gallery_folder, tmp_path, capsys, line, message):
     path = tmp_path / "q.jsonl"
@@ -89,3 +89,19 @@ def test_index_and_encode_at_their_default_precision_agree(trained_run, gallery_
     ids = json.loads((tmp_path / "v.ids.json").read_text())["image_id"]
     with IndexStore.open(index) as store:
         np.testing.assert_allclose(np.load(out), store.vectors(ids), rtol=0, atol=1e-6)
+
+
+def test_weighted_and_negative_queries_combine_like_search(trained_run, gallery_folder, tmp_path, capsys):
+    """A query with two weighted texts is the normalised weighted sum of its composed pairs."""
+    paths = sorted(gallery_folder.glob("*.png"))
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"query_id": "w", "image": str(paths[0]),
+                                "texts": ["make it red", {"text": "bigger", "weight": 3}]}) + "\n")
+    out = tmp_path / "w.npy"
+    assert main(["encode", "--model", str(trained_run / "best"), "--queries", str(path), "--out", str(out),
+                 "--precision", "fp32"]) == 0
+    capsys.readouterr()
+    model = load_model(trained_run / "best")
+    pairs = model.encode_queries([paths[0], paths[0]], ["make it red", "bigger"])
+    expected = 0.25 * pairs[0] + 0.75 * pairs[1]
+    np.testing.assert_allclose(np.load(out)[0], expected / np.linalg.norm(expected), atol=1e-6)

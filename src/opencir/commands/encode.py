@@ -3,65 +3,27 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..encoding.precision import CHOICES as PRECISION_CHOICES
 from . import COMMANDS, Command
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..methods.base import CIRMethod
+    from ..retrieval.catalogue import Catalogue
+    from ..retrieval.query_files import QueryLine
 
 EPILOG = """examples:
   opencir encode --model runs/x/best --images catalogue/ --out gallery.parquet
   opencir encode --model hf-hub:org/name --queries queries.jsonl --images catalogue/ --out queries.npy
 
-queries.jsonl holds one JSON object per line: {"query_id": "q1", "image": "ref.jpg", "text": "make it red"}
-("image" relative to the file's folder; or "image_id": an id of the --images catalogue)."""
-
-
-@dataclass(frozen=True)
-class Query:
-    """One line of a queries file."""
-
-    query_id: str
-    reference: str
-    text: str
-
-
-def read_queries(path: str | Path, catalogue_ids: set[str]) -> list[Query]:
-    """Parse a queries ``.jsonl`` file; every error names the file and the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"queries file not found: {path}")
-    queries: list[Query] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{where}: expected a JSON object with 'image' (or 'image_id') and 'text'")
-        text = row.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{where}: 'text' must be a non-empty string")
-        if "image_id" in row:
-            reference = str(row["image_id"])
-            if reference not in catalogue_ids:
-                raise ValueError(f"{where}: image_id {reference!r} is not in the --images catalogue"
-                                 + ("" if catalogue_ids else " (give --images DIR|manifest.csv)"))
-        elif isinstance(row.get("image"), str):
-            image = Path(row["image"]) if Path(row["image"]).is_absolute() else path.parent / row["image"]
-            if not image.is_file():
-                raise FileNotFoundError(f"{where}: image not found: {image}")
-            reference = str(image)
-        else:
-            raise ValueError(f"{where}: give 'image' (a path) or 'image_id' (an id of the --images catalogue)")
-        queries.append(Query(str(row.get("query_id", number)), reference, text.strip()))
-    if not queries:
-        raise ValueError(f"{path} holds no queries")
-    return queries
+--queries takes the query files of `opencir search` (.jsonl or .csv, see docs/serving.md), e.g.
+  {"query_id": "q1", "image": "ref.jpg", "text": "make it red"}
+  {"query_id": "q2", "ref_id": "shoes/red_01", "texts": ["blue", {"text": "with laces", "weight": 0.3}]}
+("image" relative to the file's folder; "ref_id" an id of the --images catalogue)."""
 
 
 def _add(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +32,7 @@ def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model directory or hf-hub:ORG/NAME")
     parser.add_argument("--images", help="image folder or manifest .csv: the gallery to encode, or the "
                         "catalogue that queries' image_id refer to")
-    parser.add_argument("--queries", help="composed queries, one JSON object per line (see below)")
+    parser.add_argument("--queries", help="composed queries: a .jsonl or .csv query file, as for `opencir search`")
     parser.add_argument("--out", required=True, help="output file: .npy (+ .ids.json) or .parquet")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: auto)")
@@ -84,6 +46,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..api import load_model
     from ..encoding.precision import autocast, resolve_precision
     from ..retrieval.catalogue import read_catalogue
+    from ..retrieval.query_files import read_queries
     from ..training.trainer import resolve_device
     from ..vectors import write_vectors
 
@@ -92,8 +55,9 @@ def _run(args: argparse.Namespace) -> int:
     if Path(args.out).suffix.lower() not in (".npy", ".parquet"):
         raise ValueError(f"--out {args.out}: choose a .npy or .parquet file name")
     catalogue = read_catalogue(args.images) if args.images else None
-    ids = {e.image_id for e in catalogue.entries} if catalogue is not None else set()
-    queries = read_queries(args.queries, ids) if args.queries else None
+    queries = read_queries(args.queries) if args.queries else None
+    if queries:
+        _check_reference_ids(queries, catalogue, args.queries)
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     model = load_model(args.model, device=device, revision=args.revision)
@@ -107,19 +71,53 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _encode(model: Any, catalogue: Any, queries: list[Query] | None, batch_size: int) -> tuple[Any, dict[str, list[str]]]:
+def _check_reference_ids(queries: list["QueryLine"], catalogue: "Catalogue | None", source: str) -> None:
+    """Every ``ref_id`` of the queries must be an image of the ``--images`` catalogue."""
+    known = {e.image_id for e in catalogue.entries} if catalogue is not None else set()
+    for line in queries:
+        for image_id in line.spec.reference_ids:
+            if image_id not in known:
+                hint = "" if catalogue is not None else " (give --images DIR|manifest.csv)"
+                raise ValueError(f"{source}: query {line.query_id}: ref_id {image_id!r} is not in the --images "
+                                 f"catalogue{hint}")
+
+
+def _query_vectors(model: "CIRMethod", queries: list["QueryLine"], catalogue: "Catalogue | None",
+                   batch_size: int) -> "np.ndarray":
+    """One vector per query: every (reference, text) pair composed by ``encode_queries``,
+    then weighted and negative texts combined as ``opencir search`` does (a plain query is
+    its single pair)."""
+    import torch
+
+    from ..retrieval.query import combine, negative_text_embedding
+
+    pairs = [(r.value, t.value) for line in queries for r in line.spec.references for t in line.spec.texts]
+    composed = model.encode_queries([p[0] for p in pairs], [p[1] for p in pairs], catalogue=catalogue,
+                                    batch_size=batch_size, progress=None, convert_to_numpy=False)
+    vectors, start = [], 0
+    for line in queries:
+        spec = line.spec
+        count = len(spec.references) * len(spec.texts)
+        with torch.no_grad():
+            negatives = negative_text_embedding(model, [n.value for n in spec.negative_texts]).cpu() \
+                if spec.negative_texts else None
+        vectors.append(combine(spec, composed[start:start + count], negatives))
+        start += count
+    return torch.stack(vectors).float().numpy()
+
+
+def _encode(model: "CIRMethod", catalogue: "Catalogue | None", queries: list["QueryLine"] | None,
+            batch_size: int) -> tuple["np.ndarray", dict[str, list[str]]]:
     """Vectors and their id columns: the queries when given, else the catalogue's images."""
     if queries:
-        vectors = model.encode_queries([q.reference for q in queries], [q.text for q in queries], catalogue=catalogue,
-                                       batch_size=batch_size, progress=None)
-        columns = {"query_id": [q.query_id for q in queries], "reference": [q.reference for q in queries],
-                   "text": [q.text for q in queries]}
-    else:
-        entries = catalogue.entries
-        vectors = model.encode_gallery([e.image_id for e in entries], catalogue=catalogue, batch_size=batch_size,
-                                       progress=None)
-        columns = {"image_id": [e.image_id for e in entries]}
-    return vectors, columns
+        columns = {"query_id": [q.query_id for q in queries],
+                   "reference": [" + ".join(str(r.value) for r in q.spec.references) for q in queries],
+                   "text": [q.spec.describe() for q in queries]}
+        return _query_vectors(model, queries, catalogue, batch_size), columns
+    entries = catalogue.entries
+    vectors = model.encode_gallery([e.image_id for e in entries], catalogue=catalogue, batch_size=batch_size,
+                                   progress=None)
+    return vectors, {"image_id": [e.image_id for e in entries]}
 
 
 COMMANDS.register("encode")(Command("encode gallery images or composed queries to a .npy/.parquet vector file", _add, _run))

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ..backbones import ClipBackbone
+from ..backbones.clip import count_tokens
 from ..data.types import ZERO_SHOT_PROMPT_KEY
 from .base import CIRMethod, Features, MethodConfig, Requirements, in_batch_cross_entropy, normalize
 from .official import match_official_activation, read_official_checkpoint, strip_module_prefix
@@ -213,6 +214,12 @@ class PseudoWordMethod(CIRMethod):
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Token ids (B, L) on the model's device, with this method's tokenizer."""
         return self.tokenizer(list(texts), context_length=self.backbone.context_length).to(self._device)
+
+    def text_token_count(self, text: str) -> int:
+        """Tokens of the prompt ``encode_texts`` builds from ``text`` (start and end included),
+        untruncated: what the query side checks against the context length."""
+        prompt = text if self.placeholder in text else render_prompt(self.config.default_prompt, self.placeholder, text)
+        return count_tokens(self.tokenizer, prompt)
 
     def placeholder_positions(self, token_ids: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         """Index of the first placeholder token per row (B,); fails naming a text without one."""
