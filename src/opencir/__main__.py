@@ -1,8 +1,9 @@
-"""``python -m opencir``: the same as the ``opencir`` command."""
+"""``python -m opencir ...`` (also how ``torchrun -m opencir ...`` starts each rank)."""
 from __future__ import annotations
 
 import sys
 
 from .cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())
