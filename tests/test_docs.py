@@ -22,7 +22,7 @@ def test_docs_build_strictly(tmp_path):
                             cwd=REPO, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     assert result.returncode == 0, result.stderr[-3000:]
-    api = (tmp_path / "site" / "api" / "index.html").read_text()
+    api = (tmp_path / "site" / "reference" / "index.html").read_text()
     for name in ("load_dataset", "load_model", "evaluate", "Retriever", "load_run_config", "build_dataclass"):
         assert f'id="opencir.' in api and name in api, name
     assert (tmp_path / "site" / "quickstart" / "index.html").is_file()
