@@ -33,7 +33,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 def _epilog(command: Command) -> str | None:
-    return f"example:\n  {command.example.strip()}" if command.example else None
+    lines = [line.strip() for line in command.example.strip().splitlines() if line.strip()]
+    if not lines:
+        return None
+    return ("examples:" if len(lines) > 1 else "example:") + "".join(f"\n  {line}" for line in lines)
 
 
 def _add_loudness(parser: argparse.ArgumentParser, default: object) -> None:

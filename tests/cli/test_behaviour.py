@@ -54,6 +54,9 @@ def test_every_command_is_in_the_parser_and_every_option_has_help():
                for path, parser in commands for action in parser._actions
                if not isinstance(action, argparse._HelpAction) and not (action.help or "").strip()]
     assert not missing, f"options without help text: {missing}"
+    doubled = [f"{' '.join(path)} {action.option_strings}" for path, parser in commands for action in parser._actions
+               if action.default not in (None, [], False) and "(default:" in (action.help or "")]
+    assert not doubled, f"the formatter adds the default; these also write it in their help: {doubled}"
 
 
 @pytest.mark.parametrize("name", COMMANDS.names())
