@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import opencir
-from opencir.cli import build_parser, configure_logging, main
+from opencir.cli import HelpFormatter, build_parser, configure_logging, main
 from opencir.commands import COMMANDS, _import_all  # noqa: F401  (registers every command)
 
 SRC = Path(opencir.__file__).resolve().parents[1]
@@ -54,6 +54,8 @@ def test_every_command_is_in_the_parser_and_every_option_has_help():
                for path, parser in commands for action in parser._actions
                if not isinstance(action, argparse._HelpAction) and not (action.help or "").strip()]
     assert not missing, f"options without help text: {missing}"
+    plain = [" ".join(path) for path, parser in commands if parser.formatter_class is not HelpFormatter]
+    assert not plain, f"these commands replace the CLI's help formatter (defaults would not show): {plain}"
     doubled = [f"{' '.join(path)} {action.option_strings}" for path, parser in commands for action in parser._actions
                if action.default not in (None, [], False) and "(default:" in (action.help or "")]
     assert not doubled, f"the formatter adds the default; these also write it in their help: {doubled}"
@@ -72,7 +74,7 @@ def test_every_command_help_ends_with_an_example_that_parses(name, capsys):
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
     assert help_text.rstrip().endswith(command.example.strip().splitlines()[-1].strip())
-    assert "example:" in help_text
+    assert "example:" in help_text or "examples:" in help_text
 
 
 def test_help_shows_defaults(capsys):

@@ -6,13 +6,7 @@ import json
 
 from . import COMMANDS, Command
 
-EPILOG = """example:
-  opencir export --model runs/x/best --out exported/ --format onnx"""
-
-
 def _add(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = EPILOG
     parser.add_argument("--model", required=True, help="model directory or hf-hub:ORG/NAME")
     parser.add_argument("--out", required=True, help="output folder for gallery/query graphs and export.json")
     parser.add_argument("--format", default="onnx", choices=["onnx", "torchscript"], help="graph format")
