@@ -18,6 +18,11 @@ def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-k", type=int, default=10, help="number of results")
     parser.add_argument("--include-reference", action="store_true", help="do not exclude the reference image")
     parser.add_argument("--exclude", action="append", default=[], metavar="ID", help="never return this id (repeatable)")
+    parser.add_argument("--filter", action="append", default=[], metavar="COND",
+                        help="keep images whose metadata passes (repeatable, ANDed): color=red, price<50, "
+                        "year>=2020, brand=nike|adidas, or a JSON object {\"price\": {\"lt\": 50}}")
+    parser.add_argument("--target-recall", type=float, help="search effort of a tuned approximate index for "
+                        "this recall@10 (from the curve `opencir index --target-recall` stored)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--device", default="auto")
 
@@ -33,7 +38,7 @@ def _run(args: argparse.Namespace) -> int:
     with Retriever(args.index, model, device=resolve_device(args.device)) as retriever:
         reference = Path(args.image) if args.image else args.ref_id
         result = retriever.search(reference, args.text, args.k, exclude_reference=not args.include_reference,
-                                  exclude=args.exclude)
+                                  exclude=args.exclude, filter=args.filter or None, target_recall=args.target_recall)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0

@@ -27,8 +27,11 @@ from PIL import Image
 
 from ..data.images import load_image
 from .store import IndexStore, Record, model_fingerprint
+from .filters import parse_filter
+from .tuning import params_for_recall
 
 if TYPE_CHECKING:
+    from .filters import FilterSpec
     from ..methods.base import CIRMethod, Features
 
 Reference = Union[str, Path, Image.Image]
@@ -151,19 +154,24 @@ class Retriever:
         return query.float().cpu().numpy()[0], reference_id
 
     def search(self, reference: Reference, text: str, k: int = 10, exclude_reference: bool = True,
-               exclude: Iterable[str] = ()) -> SearchResult:
+               exclude: Iterable[str] = (), filter: "FilterSpec" = None,
+               target_recall: float | None = None) -> SearchResult:
         """Top-``k`` gallery images for the reference modified by ``text``; ``exclude``
-        lists further ids never returned."""
+        lists further ids never returned; ``filter`` keeps only images whose metadata passes
+        (``{"color": "red", "price": {"lt": 50}}``, see ``retrieval.filters``);
+        ``target_recall`` picks the approximate index's search effort from its tuned curve."""
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         start = time.perf_counter()
         text = check_text(text)
+        where = parse_filter(filter)  # bad filters and targets fail before any encoding
+        params = params_for_recall(self.store.manifest, target_recall) if target_recall is not None else None
         query, reference_id = self.encode_query(reference, text)
         encoded = time.perf_counter()
         banned = set(exclude)
         if exclude_reference and reference_id is not None:
             banned.add(reference_id)
-        ranked = self.store.search(query[None], k, [banned])[0]
+        ranked = self.store.search(query[None], k, [banned], where=where, params=params)[0]
         done = time.perf_counter()
         hits = [_hit(rank, record, score) for rank, (record, score) in enumerate(ranked, start=1)]
         return SearchResult(hits, text, k, reference_id, excluded=len(banned),
@@ -208,10 +216,12 @@ class SearchSession:
         self.lock = threading.Lock()
         self.last_used = time.monotonic()
 
-    def search(self, reference: Reference, text: str, k: int = 10) -> SearchResult:
+    def search(self, reference: Reference, text: str, k: int = 10, filter: "FilterSpec" = None,
+               target_recall: float | None = None) -> SearchResult:
         """A turn from any reference; earlier results (and references) stay excluded."""
         with self.lock:
-            result = self.retriever.search(reference, text, k, exclude_reference=True, exclude=self.seen)
+            result = self.retriever.search(reference, text, k, exclude_reference=True, exclude=self.seen,
+                                           filter=filter, target_recall=target_recall)
             result.session_id = self.session_id
             result.turn = len(self.turns) + 1
             self.turns.append(result)

@@ -16,6 +16,7 @@ Every error is JSON ``{"error": {"code", "message"}}`` with a 4xx status (see er
 from __future__ import annotations
 
 import io
+import json
 import logging
 import threading
 from collections import OrderedDict
@@ -151,8 +152,9 @@ def _response(result: SearchResult) -> SearchResponse:
     )
 
 
-async def _parse_search(request: Request, settings: ServeSettings) -> tuple[Any, str, int, str | None]:
-    """(reference, text, k, session_id) from a JSON or a multipart body, validated."""
+async def _parse_search(request: Request, settings: ServeSettings) -> tuple[Any, str, int, str | None, dict[str, Any]]:
+    """(reference, text, k, session_id, options) from a JSON or a multipart body, validated;
+    options are ``filter`` and ``target_recall`` (multipart: ``filter`` is a JSON string)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         try:
@@ -165,6 +167,7 @@ async def _parse_search(request: Request, settings: ServeSettings) -> tuple[Any,
             details = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in err.errors())
             raise ApiError(422, "invalid_request", details) from None
         reference, raw_text, raw_k, session_id = query.ref_id, query.text, query.k, query.session_id
+        options = {"filter": query.filter, "target_recall": query.target_recall}
     elif content_type == "multipart/form-data":
         try:
             form = await request.form(max_files=1, max_fields=8, max_part_size=FORM_OVERHEAD_BYTES)
@@ -183,6 +186,7 @@ async def _parse_search(request: Request, settings: ServeSettings) -> tuple[Any,
             raw_text = form.get("text")
             raw_k = form.get("k", "10")
             session_id = str(form.get("session_id") or "") or None
+            options = _form_options(form.get("filter"), form.get("target_recall"))
         finally:
             await form.close()
         try:
@@ -200,7 +204,23 @@ async def _parse_search(request: Request, settings: ServeSettings) -> tuple[Any,
         raise ApiError(422, "invalid_text", str(err)) from None
     if not 1 <= raw_k <= settings.max_k:
         raise ApiError(422, "invalid_k", f"k must be between 1 and {settings.max_k}, got {raw_k}")
-    return reference, text, raw_k, session_id
+    return reference, text, raw_k, session_id, options
+
+
+def _form_options(raw_filter: Any, raw_target: Any) -> dict[str, Any]:
+    """``filter`` (a JSON object string) and ``target_recall`` of a multipart search."""
+    options: dict[str, Any] = {"filter": None, "target_recall": None}
+    if raw_filter:
+        try:
+            options["filter"] = json.loads(str(raw_filter))
+        except json.JSONDecodeError:
+            raise ApiError(422, "invalid_request", 'filter must be a JSON object such as {"color": "red"}') from None
+    if raw_target:
+        try:
+            options["target_recall"] = float(str(raw_target))
+        except ValueError:
+            raise ApiError(422, "invalid_request", f"target_recall must be a number, got {raw_target!r}") from None
+    return options
 
 
 def create_app(index_dir: str | Path, model_dir: str | Path | None = None,
@@ -249,13 +269,14 @@ def create_app(index_dir: str | Path, model_dir: str | Path | None = None,
     )
     async def search(request: Request) -> SearchResponse:
         service = _service(request)
-        reference, text, k, session_id = await _parse_search(request, service.settings)
+        reference, text, k, session_id, options = await _parse_search(request, service.settings)
         try:
             session = service.sessions.get(session_id) if session_id else service.sessions.create()
         except KeyError as err:
             raise ApiError(404, "unknown_session", str(err.args[0])) from None
         try:
-            result = await run_in_threadpool(session.search, reference, text, k)
+            result = await run_in_threadpool(session.search, reference, text, k, options["filter"],
+                                             options["target_recall"])
         except KeyError:
             raise ApiError(404, "unknown_image", f"image id {reference!r} is not in the index") from None
         except ImageLoadError:

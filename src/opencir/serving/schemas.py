@@ -18,6 +18,10 @@ class SearchRequest(BaseModel):
     text: str = Field(..., description="modification text")
     k: int = Field(10, description="number of results (1..max_k, see /v1/info)")
     session_id: Optional[str] = Field(None, max_length=64, description="continue this multi-turn session")
+    filter: Optional[dict[str, Any]] = Field(
+        None, description='keep images whose metadata passes: {"color": "red", "price": {"lt": 50}, '
+        '"brand": ["a", "b"]} (operators eq, in, gt, gte, lt, lte; fields ANDed)')
+    target_recall: Optional[float] = Field(None, gt=0, le=1, description="search effort of a tuned approximate index")
 
 
 class Hit(BaseModel):
@@ -81,5 +85,7 @@ SEARCH_MULTIPART_SCHEMA: dict[str, Any] = {
         "text": {"type": "string"},
         "k": {"type": "integer", "default": 10},
         "session_id": {"type": "string"},
+        "filter": {"type": "string", "description": 'metadata filter as a JSON object, e.g. {"color": "red"}'},
+        "target_recall": {"type": "number", "description": "search effort of a tuned approximate index"},
     },
 }
