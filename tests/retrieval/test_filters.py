@@ -28,7 +28,8 @@ RECORDS = [
     ({"price": {"gte": 49.5, "lte": 50}}, [2, 6]),
     ({"brand": ["acme", "zed"]}, [4, 5, 6]),
     ({"brand": {"in": ["acme"]}, "price": {"gt": 40}}, [6]),  # fields are ANDed; "n/a" fails the range
-    ({"year": {"gte": "2020"}}, [0, 1]),                       # text ranges: ISO dates order as text
+    ({"year": {"gte": "2020-01"}}, [0, 1]),                    # text ranges: ISO dates order as text
+    ({"year": {"gte": "2020"}}, []),                           # but "2020" reads as a number: no match
     ({"sale": True}, [0]),
     ({"sale": "false"}, [5]),
     ({"color": {"gt": 5}}, []),                                # mixed kinds never match
