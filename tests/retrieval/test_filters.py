@@ -140,3 +140,29 @@ def test_filters_follow_adds_and_deletes(tmp_path):
         assert after == (before - {"id4", "id14"}) | {"new"}
     finally:
         store.close()
+
+
+def test_disk_reranked_ivfpq_is_exact_and_small(tmp_path, monkeypatch):
+    """``rerank=R``: IVF-PQ codes in RAM, R*k candidates re-scored from the stored float32
+    segments: the exact top-k (with filters too), with an index file far below flat size."""
+    monkeypatch.setattr(restricted, "EXACT_SUBSET", 50)
+    store, vectors, metadata = _store(tmp_path, "faiss", {"factory": "IVF16,PQ4x4fs", "nprobe": 16, "rerank": 100})
+    flat, _, _ = _store(tmp_path, "exact", {})
+    try:
+        assert store.backend.rerank_depth(10) == 1000
+        queries = vectors[:5] + 0.05
+        for query, rows in zip(queries, store.search(queries, 10)):
+            scores = vectors @ query
+            assert [r.image_id for r, _ in rows] == [f"id{i}" for i in np.argsort(-scores, kind="stable")[:10]]
+            np.testing.assert_allclose([s for _, s in rows], np.sort(scores)[::-1][:10], rtol=1e-5)
+        where = parse_filter({"shard": "3"})
+        for query, rows in zip(queries, store.search(queries, 10, where={"shard": "3"})):
+            assert [r.image_id for r, _ in rows] == _brute(query, vectors, metadata, where, 10)
+
+        def size(s):
+            return sum((s.directory / f).stat().st_size for f in s.backend.state_files(s.manifest["backend"]["state"]))
+
+        assert size(store) < size(flat) / 2
+    finally:
+        store.close()
+        flat.close()

@@ -12,7 +12,10 @@ with the full vectors), ``"IVF4096_HNSW32,Flat"`` (an HNSW coarse quantizer,
   target);
 * ``ef_construction``: HNSW graph build effort (FAISS' default 40 when unset);
 * ``train_size``: vectors sampled (uniformly over the first commit) to train IVF / PQ
-  quantizers; default ``max(64 * nlist, 65536)``.
+  quantizers; default ``max(64 * nlist, 65536)``;
+* ``rerank``: re-rank ``rerank * k`` candidates exactly from the index directory's stored
+  float32 vectors (memory-mapped, ``retrieval.rerank``) — IVF-PQ codes in RAM, exact
+  order, for catalogues whose float32 vectors do not fit in memory.
 
 Every index but a bare IVF one is wrapped in an ``IndexIDMap2`` so it stores our int64
 keys (refined and graph indexes cannot ``add_with_ids`` themselves). Adds stream into the
@@ -34,7 +37,7 @@ from .index import DATA_DIR, INDEX_BACKENDS, IndexBackend, Restriction, SearchKn
 SEARCH_OPTIONS = ("nprobe", "ef_search", "k_factor", "quantizer_ef_search")
 FAISS_DEFAULTS: dict[str, Any] = {
     "factory": "HNSW32", "nprobe": 16, "ef_search": 64, "k_factor": 4, "quantizer_ef_search": None,
-    "ef_construction": None, "train_size": None,
+    "ef_construction": None, "train_size": None, "rerank": None,
 }
 MIN_TRAIN_SIZE = 65536
 MAX_EF_SEARCH = 4096
@@ -113,7 +116,7 @@ class FaissBackend(IndexBackend):
         resolved = super().resolve_options(options)
         for key in ("nprobe", "ef_search", "k_factor"):
             resolved[key] = _positive_int(key, resolved[key])
-        for key in ("quantizer_ef_search", "ef_construction", "train_size"):
+        for key in ("quantizer_ef_search", "ef_construction", "train_size", "rerank"):
             resolved[key] = _positive_int(key, resolved[key], allow_none=True)
         resolved["factory"] = str(resolved["factory"])
         return resolved
@@ -225,6 +228,10 @@ class FaissBackend(IndexBackend):
         if self.hnsw is not None:
             return SearchKnob("ef_search", k, max(k, min(MAX_EF_SEARCH, int(self.index.ntotal))))
         return None
+
+    def rerank_depth(self, k: int) -> int | None:
+        factor = self._option("rerank")
+        return None if factor is None else int(factor) * k
 
     def _search_values(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
         values = {name: self._option(name) for name in SEARCH_OPTIONS}

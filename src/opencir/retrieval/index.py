@@ -138,6 +138,11 @@ class IndexBackend(ABC):
         """The recall/speed parameter that ``retrieval.tuning`` tunes (None: exact search)."""
         return None
 
+    def rerank_depth(self, k: int) -> int | None:
+        """How many candidates the store should re-score exactly from the stored vectors for a
+        top-``k`` search (``retrieval.rerank``); None: the backend's own scores are final."""
+        return None
+
 
     # ---------------------------------------------------------------- helpers
     def check_vectors(self, keys: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

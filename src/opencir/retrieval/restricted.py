@@ -16,6 +16,7 @@ import numpy as np
 
 from .exact import exact_top_k
 from .index import Restriction
+from .rerank import rescore
 
 if TYPE_CHECKING:
     from .store import IndexStore, Record
@@ -45,7 +46,10 @@ def restricted_search(store: "IndexStore", queries: np.ndarray, k: int, exclude:
     expected = [min(k, len(keys) - int(np.isin(np.fromiter(e, np.int64, len(e)), keys).sum())) for e in excluded]
     if len(keys) <= EXACT_SUBSET:
         return _exact_rows(store, queries, keys, k, excluded)
-    scores, found = store.backend.search(queries, k, exclude, restrict=restrict, params=params)
+    depth = store.backend.rerank_depth(k)
+    scores, found = store.backend.search(queries, depth or k, exclude, restrict=restrict, params=params)
+    if depth:
+        scores, found = rescore(store, queries, found)
     records, passing = store.records, set()
     results: list[list[tuple["Record", float]]] = []
     for row_scores, row_keys, banned in zip(scores, found.tolist(), excluded):
@@ -57,7 +61,7 @@ def restricted_search(store: "IndexStore", queries: np.ndarray, k: int, exclude:
                 passing = set(keys.tolist())
             if key in passing:  # defensive: a backend must only return passing keys
                 row.append((records.record(records.key_position[key]), float(score)))
-        results.append(row)
+        results.append(row[:k])
     short = [i for i, (row, want) in enumerate(zip(results, expected)) if len(row) < want]
     if short:
         redo = _exact_rows(store, queries[short], keys, k, [excluded[i] for i in short])

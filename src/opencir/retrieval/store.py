@@ -309,9 +309,9 @@ class IndexStore:
 
     def vectors_of_keys(self, keys: Sequence[int] | np.ndarray) -> np.ndarray:
         """Stored (len(keys), D) float32 embeddings of indexed keys, read segment by segment."""
-        positions = np.fromiter((self.records.key_position[int(k)] for k in keys), dtype=np.int64, count=len(keys))
-        segments = np.asarray(self.records.segments, dtype=np.int64)[positions]
-        rows = np.asarray(self.records.rows, dtype=np.int64)[positions]
+        positions = [self.records.key_position[int(k)] for k in keys]
+        segments = np.array([self.records.segments[p] for p in positions], dtype=np.int64)
+        rows = np.array([self.records.rows[p] for p in positions], dtype=np.int64)
         out = np.empty((len(positions), self.dim), dtype=np.float32)
         for seg in np.unique(segments):
             chosen = np.flatnonzero(segments == seg)
@@ -350,6 +350,7 @@ class IndexStore:
         whose metadata passes the filter (see ``filters``), with no fewer than ``k`` results
         when ``k`` images pass, whatever the index; ``params`` overrides the backend's
         search-time options (e.g. ``{"nprobe": 64}``)."""
+        from .rerank import rescore
         from .restricted import restricted_search
 
         queries = np.asarray(queries, dtype=np.float32)
@@ -365,9 +366,12 @@ class IndexStore:
         k = min(k, len(self.records))
         if k == 0:
             return [[] for _ in range(len(queries))]
-        fetch = k
+        depth = self.backend.rerank_depth(k)  # compressed index: re-score candidates exactly
+        fetch = depth or k
         while True:
             scores, keys = self.backend.search(queries, fetch, exclude, params=params)
+            if depth:
+                scores, keys = rescore(self, queries, keys)
             results = [
                 [(self.records.record(self.records.key_position[key]), float(score))
                  for score, key in zip(row_scores, row_keys) if key in self.records.key_position][:k]

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .index import IndexBackend, SearchKnob
+from .rerank import rescore
 from .store import DATA, IndexStore
 
 DEFAULT_SAMPLE = 500
@@ -95,10 +95,19 @@ def exact_neighbours(store: IndexStore, queries: np.ndarray, self_keys: np.ndarr
     return best_keys
 
 
-def _search(backend: IndexBackend, queries: np.ndarray, self_keys: np.ndarray, k: int,
+def _backend_search(store: IndexStore, queries: np.ndarray, k: int, params: Mapping[str, Any] | None) -> np.ndarray:
+    """Top-``k`` keys as the store gets them (with exact re-ranking when the backend asks for it)."""
+    depth = store.backend.rerank_depth(k)
+    _, found = store.backend.search(queries, depth or k, params=params)
+    if depth:
+        _, found = rescore(store, queries, found)
+    return found[:, :k]
+
+
+def _search(store: IndexStore, queries: np.ndarray, self_keys: np.ndarray, k: int,
             params: Mapping[str, Any] | None) -> np.ndarray:
     """Top-k keys with each query's own key dropped (searched k + 1 deep)."""
-    _, found = backend.search(queries, k + 1, params=params)
+    found = _backend_search(store, queries, k + 1, params)
     return np.array([[key for key in row if key != own][:k] for row, own in zip(found.tolist(), self_keys.tolist())],
                     dtype=object)
 
@@ -108,12 +117,12 @@ def _recall(found: np.ndarray, truth: np.ndarray) -> float:
                           for f, t in zip(found, truth)]))
 
 
-def _p50_ms(backend: IndexBackend, queries: np.ndarray, k: int, params: Mapping[str, Any] | None) -> float:
+def _p50_ms(store: IndexStore, queries: np.ndarray, k: int, params: Mapping[str, Any] | None) -> float:
     times = []
-    backend.search(queries[:1], k + 1, params=params)  # warm-up
+    _backend_search(store, queries[:1], k + 1, params)  # warm-up
     for row in range(min(LATENCY_QUERIES, len(queries))):
         start = time.perf_counter()
-        backend.search(queries[row : row + 1], k + 1, params=params)
+        _backend_search(store, queries[row : row + 1], k + 1, params)
         times.append(time.perf_counter() - start)
     return float(np.median(times) * 1000)
 
@@ -136,16 +145,16 @@ def tune_backend(store: IndexStore, target_recall: float, k: int = 10, sample: i
     exact_ms = 1000 * (time.perf_counter() - start) / len(queries)
     knob = backend.search_knob(k)
     if knob is None:  # exact search: nothing to tune
-        p50 = _p50_ms(backend, queries, k, None)
-        recall = _recall(_search(backend, queries, self_keys, k, None), truth)
+        p50 = _p50_ms(store, queries, k, None)
+        recall = _recall(_search(store, queries, self_keys, k, None), truth)
         return TuningReport(target_recall, k, len(queries), None, None, recall, p50, exact_ms, recall >= target_recall)
     curve: dict[int, TuningPoint] = {}
 
     def measure(value: int) -> TuningPoint:
         if value not in curve:
             params = {knob.name: value}
-            recall = _recall(_search(backend, queries, self_keys, k, params), truth)
-            curve[value] = TuningPoint(value, recall, _p50_ms(backend, queries, k, params))
+            recall = _recall(_search(store, queries, self_keys, k, params), truth)
+            curve[value] = TuningPoint(value, recall, _p50_ms(store, queries, k, params))
         return curve[value]
 
     low, value = None, knob.low
