@@ -10,8 +10,9 @@ hardest case). Rows:
 * ``tuned <factory>``: the toolkit's ``faiss`` backend built through an index directory
   (``IndexStore``: segments on disk, keys, manifest) and tuned by ``retrieval.tuning``
   for ``--target-recall`` on 500 of its own vectors: IVF-PQ fast-scan codes with exact
-  re-ranking (``IVF<nlist>,PQ<d/4>x4fs,RFlat``), IVF-Flat, and HNSW (``--skip-hnsw``:
-  it builds slowly on few cores);
+  re-ranking in RAM (``IVF<nlist>,PQ<d/4>x4fs,RFlat``) or from the stored vectors on disk
+  (``IVF<nlist>,PQ<d/4>x4fs`` with ``rerank``), IVF-Flat, and HNSW (``--skip-hnsw``:
+  it builds slowly on few cores); ``--indexes`` picks the rows;
 * ``bare FAISS``: the same IVF-PQ re-ranked index built with FAISS alone, its nprobe and
   k_factor set by hand (``--hand-nprobe``, ``--hand-k-factor``).
 
@@ -129,16 +130,25 @@ def index_bytes(root: Path, store) -> int:
 
 
 def bench_backends(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from opencir.retrieval.tuning import tune_backend
+    from opencir.retrieval.tuning import search_keys, tune_backend
 
     vectors, queries = make_data(args)
     nlist = args.nlist or max(16, int(np.sqrt(args.n)))
     pq = f"IVF{nlist},PQ{args.dim // 4}x4fs,RFlat"
+    codes = f"IVF{nlist},PQ{args.dim // 4}x4fs"
+    available: dict[str, tuple[str, str, dict[str, Any]]] = {
+        "ivfpq-rflat": (f"tuned {pq}", "faiss", {"factory": pq, "k_factor": args.k_factor}),
+        "ivfpq-disk": (f"tuned {codes} +disk rerank {args.k_factor}", "faiss",
+                       {"factory": codes, "rerank": args.k_factor}),
+        "ivf-flat": (f"tuned IVF{nlist},Flat", "faiss", {"factory": f"IVF{nlist},Flat"}),
+        "hnsw": (f"tuned HNSW{args.hnsw_m}", "faiss", {"factory": f"HNSW{args.hnsw_m}"}),
+    }
+    chosen = [name for name in args.indexes.split(",") if name]
+    unknown = set(chosen) - set(available) - {"bare"}
+    if unknown:
+        raise SystemExit(f"unknown --indexes {sorted(unknown)}; choose from {sorted(available)} and bare")
     configs: list[tuple[str, str, dict[str, Any]]] = [("exact", "exact", {})]
-    configs.append((f"tuned {pq}", "faiss", {"factory": pq, "k_factor": args.k_factor}))
-    configs.append((f"tuned IVF{nlist},Flat", "faiss", {"factory": f"IVF{nlist},Flat"}))
-    if not args.skip_hnsw:
-        configs.append((f"tuned HNSW{args.hnsw_m}", "faiss", {"factory": f"HNSW{args.hnsw_m}"}))
+    configs += [available[name] for name in chosen if name in available and not (name == "hnsw" and args.skip_hnsw)]
     rows, truth = [], None
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         for number, (label, name, options) in enumerate(configs):
@@ -157,7 +167,7 @@ def bench_backends(args: argparse.Namespace) -> list[dict[str, Any]]:
                 print(f"  tuned in {tuned['tune_s']:.0f} s: {tuned['knob']} (recall {report.recall:.3f} on its own "
                       f"vectors, curve {report.to_dict()['curve']})", flush=True)
             backend = store.backend
-            result = measure(lambda q, k: backend.search(q, k)[1], queries, args.k)
+            result = measure(lambda q, k: search_keys(store, q, k, None), queries, args.k)
             truth = result["keys"] if truth is None else truth
             rows.append({"index": label, "build_s": build_s, **tuned, "p50_ms": result["p50_ms"], "p99_ms": result["p99_ms"],
                          "batch_qps": result["batch_qps"], f"recall@{args.k}": recall_at_k(result["keys"], truth),
@@ -166,15 +176,16 @@ def bench_backends(args: argparse.Namespace) -> list[dict[str, Any]]:
             store.close()
             del store, backend
             gc.collect()
-        rows += bare_faiss(args, vectors, queries, truth, pq, Path(tmp))
+        if "bare" in chosen:
+            rows += bare_faiss(args, vectors, queries, truth, pq, Path(tmp))
     exact_p50 = rows[0]["p50_ms"]
     print(f"\nsearch over {args.n:,} x {args.dim}-d vectors, {args.queries} queries, k={args.k}, {args.data} data"
           + (f" (clusters of {args.cluster_size}, spread {args.spread})" if args.data == "clustered" else "")
           + f", target recall {args.target_recall}")
-    print(f"{'index':<40} {'setting':<14} {'build s':>8} {'p50 ms':>7} {'p99 ms':>7} {'vs exact':>8} "
+    print(f"{'index':<42} {'setting':<14} {'build s':>8} {'p50 ms':>7} {'p99 ms':>7} {'vs exact':>8} "
           f"{'batch q/s':>9} {'recall@' + str(args.k):>9} {'B/vector':>8}")
     for row in rows:
-        print(f"{row['index']:<40} {row.get('knob', ''):<14} {row['build_s']:8.1f} {row['p50_ms']:7.2f} {row['p99_ms']:7.2f} "
+        print(f"{row['index']:<42} {row.get('knob', ''):<14} {row['build_s']:8.1f} {row['p50_ms']:7.2f} {row['p99_ms']:7.2f} "
               f"{exact_p50 / row['p50_ms']:7.1f}x {row['batch_qps']:9.0f} {row[f'recall@{args.k}']:9.3f} "
               f"{row['bytes_per_vector']:8.0f}")
     return rows
@@ -418,6 +429,8 @@ def main() -> None:
     parser.add_argument("--cluster-size", type=int, default=50, help="mean vectors per cluster (--data clustered)")
     parser.add_argument("--spread", type=float, default=1.0, help="noise norm around a centre (--data clustered)")
     parser.add_argument("--skip-hnsw", action="store_true", help="HNSW builds slowly on few cores")
+    parser.add_argument("--indexes", default="ivfpq-rflat,ivfpq-disk,ivf-flat,hnsw,bare",
+                        help="rows besides exact: ivfpq-rflat, ivfpq-disk, ivf-flat, hnsw, bare")
     parser.add_argument("--skip-ann", action="store_true", help="skip part 1")
     parser.add_argument("--build-memory", action="store_true", help="peak memory of IVF builds, today vs streaming")
     parser.add_argument("--milvus", action="store_true", help="milvus-lite: insert and search time, old vs new paths")

@@ -95,7 +95,7 @@ def exact_neighbours(store: IndexStore, queries: np.ndarray, self_keys: np.ndarr
     return best_keys
 
 
-def _backend_search(store: IndexStore, queries: np.ndarray, k: int, params: Mapping[str, Any] | None) -> np.ndarray:
+def search_keys(store: IndexStore, queries: np.ndarray, k: int, params: Mapping[str, Any] | None) -> np.ndarray:
     """Top-``k`` keys as the store gets them (with exact re-ranking when the backend asks for it)."""
     depth = store.backend.rerank_depth(k)
     _, found = store.backend.search(queries, depth or k, params=params)
@@ -107,7 +107,7 @@ def _backend_search(store: IndexStore, queries: np.ndarray, k: int, params: Mapp
 def _search(store: IndexStore, queries: np.ndarray, self_keys: np.ndarray, k: int,
             params: Mapping[str, Any] | None) -> np.ndarray:
     """Top-k keys with each query's own key dropped (searched k + 1 deep)."""
-    found = _backend_search(store, queries, k + 1, params)
+    found = search_keys(store, queries, k + 1, params)
     return np.array([[key for key in row if key != own][:k] for row, own in zip(found.tolist(), self_keys.tolist())],
                     dtype=object)
 
@@ -119,10 +119,10 @@ def _recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 def _p50_ms(store: IndexStore, queries: np.ndarray, k: int, params: Mapping[str, Any] | None) -> float:
     times = []
-    _backend_search(store, queries[:1], k + 1, params)  # warm-up
+    search_keys(store, queries[:1], k + 1, params)  # warm-up
     for row in range(min(LATENCY_QUERIES, len(queries))):
         start = time.perf_counter()
-        _backend_search(store, queries[row : row + 1], k + 1, params)
+        search_keys(store, queries[row : row + 1], k + 1, params)
         times.append(time.perf_counter() - start)
     return float(np.median(times) * 1000)
 
