@@ -161,7 +161,7 @@ def bench_backends(args: argparse.Namespace) -> list[dict[str, Any]]:
             if name != "exact":
                 start = time.perf_counter()
                 report = tune_backend(store, args.target_recall, args.k, sample=args.tune_sample)
-                store.set_search_options({report.knob: report.chosen}, report.to_dict())
+                store.set_search_options(store.backend.options_with({report.knob: report.chosen}), report.to_dict())
                 tuned = {"tune_s": time.perf_counter() - start, "knob": f"{report.knob}={report.chosen}",
                          "sample_recall": report.recall}
                 print(f"  tuned in {tuned['tune_s']:.0f} s: {tuned['knob']} (recall {report.recall:.3f} on its own "

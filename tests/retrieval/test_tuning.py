@@ -80,3 +80,10 @@ def test_exact_index_needs_no_tuning_and_untuned_index_says_what_to_do(tmp_path)
         params_for_recall(read_manifest(path), 0.9)
     with pytest.raises(ValueError, match=r"target recall must be a number in \(0, 1\]"):
         tune_index(path, 1.5)
+
+
+def test_milvus_ivf_nprobe_is_tuned_through_search_params(tmp_path):
+    path, _ = _index(tmp_path, "milvus", {"index_type": "IVF_FLAT", "index_params": {"nlist": 32}}, n=2000)
+    report = tune_index(path, 0.95, sample=100)
+    assert report.knob == "nprobe" and report.met and 1 <= report.chosen <= 32
+    assert read_manifest(path)["backend"]["options"]["search_params"]["nprobe"] == report.chosen

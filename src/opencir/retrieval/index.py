@@ -138,6 +138,10 @@ class IndexBackend(ABC):
         """The recall/speed parameter that ``retrieval.tuning`` tunes (None: exact search)."""
         return None
 
+    def options_with(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The backend options that make ``params`` (e.g. a tuned ``{"nprobe": 24}``) the default."""
+        return {**self.options, **params}
+
     def rerank_depth(self, k: int) -> int | None:
         """How many candidates the store should re-score exactly from the stored vectors for a
         top-``k`` search (``retrieval.rerank``); None: the backend's own scores are final."""

@@ -171,6 +171,9 @@ class MilvusBackend(IndexBackend):
             return SearchKnob("ef", k, MAX_EF)
         return None
 
+    def options_with(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {**self.options, "search_params": {**self.options["search_params"], **params}}
+
     def _expression(self, restrict: Restriction | None, banned: set[int]) -> str:
         """The Milvus filter: the metadata filter (or its keys) and the keys never returned."""
         parts = []

@@ -179,8 +179,8 @@ def tune_index(index_dir: str | Path, target_recall: float, k: int = 10, sample:
     """Tune the index in ``index_dir`` and store the chosen parameter and the curve in it."""
     with IndexStore.open(index_dir, writable=True) as store:
         report = tune_backend(store, target_recall, k, sample, seed)
-        options = {report.knob: report.chosen} if report.knob is not None else {}
-        store.set_search_options(options, report.to_dict())
+        params = {report.knob: report.chosen} if report.knob is not None else {}
+        store.set_search_options(store.backend.options_with(params), report.to_dict())
         return report
 
 
