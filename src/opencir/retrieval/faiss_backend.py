@@ -241,20 +241,17 @@ class FaissBackend(IndexBackend):
             values[name] = _positive_int(name, value, allow_none=name == "quantizer_ef_search")
         return values
 
-    def _selector(self, allowed: np.ndarray | None, banned: set[int], keep: list[Any]) -> Any:
-        """An IDSelector over our keys passing ``allowed`` (None: all) minus ``banned``."""
+    def _selector(self, allowed: Any, banned: set[int], keep: list[Any]) -> Any:
+        """An IDSelector over our keys passing the ``allowed`` selector (None: all) minus ``banned``."""
         faiss = _faiss()
-        if allowed is not None:
-            if banned:
-                allowed = np.setdiff1d(allowed, np.fromiter(banned, dtype=np.int64, count=len(banned)), assume_unique=True)
-            selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
-            keep.append(selector)
-            return selector
         if not banned:
-            return None
+            return allowed
         batch = faiss.IDSelectorBatch(np.fromiter(banned, dtype=np.int64, count=len(banned)))
         selector = faiss.IDSelectorNot(batch)
         keep += [batch, selector]
+        if allowed is not None:
+            selector = faiss.IDSelectorAnd(allowed, selector)
+            keep.append(selector)
         return selector
 
     def _base_params(self, selector: Any, values: Mapping[str, Any], keep: list[Any]) -> Any:
@@ -270,7 +267,7 @@ class FaissBackend(IndexBackend):
             return faiss.SearchParametersHNSW(sel=selector, efSearch=values["ef_search"])
         return faiss.SearchParameters(sel=selector)
 
-    def _params(self, allowed: np.ndarray | None, banned: set[int], values: Mapping[str, Any]) -> tuple[Any, list[Any]]:
+    def _params(self, allowed: Any, banned: set[int], values: Mapping[str, Any]) -> tuple[Any, list[Any]]:
         """Search parameters for one call, and objects that must outlive the call."""
         faiss = _faiss()
         keep: list[Any] = []
@@ -292,9 +289,11 @@ class FaissBackend(IndexBackend):
             raise ValueError(f"exclude has {len(exclude)} entries for {len(queries)} queries")
         values = self._search_values(params)
         self._train_and_flush()
-        allowed = restrict.keys if restrict is not None else None
-        if self.index.ntotal == 0 or (allowed is not None and len(allowed) == 0):
+        if self.index.ntotal == 0 or (restrict is not None and len(restrict.keys) == 0):
             return empty_results(len(queries), k)
+        allowed = None  # one selector of the passing keys, shared by every query of the call
+        if restrict is not None:
+            allowed = _faiss().IDSelectorBatch(np.ascontiguousarray(restrict.keys, dtype=np.int64))
         if exclude is None or not any(len(e) for e in exclude):
             search_params, _keep = self._params(allowed, self.tombstones, values)
             scores, keys = self.index.search(queries, k, params=search_params)
