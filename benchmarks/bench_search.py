@@ -199,7 +199,8 @@ def bare_faiss(args: argparse.Namespace, vectors: np.ndarray, queries: np.ndarra
     print(f"building bare FAISS {factory} ...", flush=True)
     start = time.perf_counter()
     index = faiss.index_factory(args.dim, factory, faiss.METRIC_INNER_PRODUCT)
-    sample = np.random.default_rng(0).choice(len(vectors), size=min(len(vectors), 65536), replace=False)
+    nlist = faiss.extract_index_ivf(index).nlist
+    sample = np.random.default_rng(0).choice(len(vectors), size=min(len(vectors), max(65536, 256 * nlist)), replace=False)
     index.train(vectors[np.sort(sample)])
     for begin in range(0, len(vectors), 65536):
         index.add(vectors[begin : begin + 65536])

@@ -12,7 +12,8 @@ with the full vectors), ``"IVF4096_HNSW32,Flat"`` (an HNSW coarse quantizer,
   target);
 * ``ef_construction``: HNSW graph build effort (FAISS' default 40 when unset);
 * ``train_size``: vectors sampled (uniformly over the first commit) to train IVF / PQ
-  quantizers; default ``max(64 * nlist, 65536)``;
+  quantizers; default ``max(256 * nlist, 65536)`` (256 per list is where FAISS' k-means
+  stops using more points anyway; fewer make coarser lists and cost recall per nprobe);
 * ``rerank``: re-rank ``rerank * k`` candidates exactly from the index directory's stored
   float32 vectors (memory-mapped, ``retrieval.rerank``) — IVF-PQ codes in RAM, exact
   order, for catalogues whose float32 vectors do not fit in memory.
@@ -40,6 +41,7 @@ FAISS_DEFAULTS: dict[str, Any] = {
     "ef_construction": None, "train_size": None, "rerank": None,
 }
 MIN_TRAIN_SIZE = 65536
+TRAIN_PER_LIST = 256
 MAX_EF_SEARCH = 4096
 
 
@@ -169,7 +171,7 @@ class FaissBackend(IndexBackend):
         """How many of ``available`` vectors train the quantizers."""
         size = self._option("train_size")
         if size is None:
-            size = max(64 * (self.ivf.nlist if self.ivf is not None else 1), MIN_TRAIN_SIZE)
+            size = max(TRAIN_PER_LIST * (self.ivf.nlist if self.ivf is not None else 1), MIN_TRAIN_SIZE)
         return min(available, int(size))
 
     def _training_sample(self) -> np.ndarray:
