@@ -9,7 +9,10 @@ Options: ``uri``, ``collection`` (default: a fresh ``opencir_<hex>`` name),
 ``index_type`` (``FLAT`` | ``IVF_FLAT`` | ``HNSW`` | ``AUTOINDEX`` ...), ``index_params``
 and ``search_params`` (dicts passed to Milvus, e.g. ``{"nlist": 1024}``/``{"nprobe": 16}``),
 ``metadata`` (default true: each image's normalised metadata is stored in a JSON field
-``meta`` so that filters run inside Milvus as boolean expressions).
+``meta`` so that filters run inside Milvus as boolean expressions), ``consistency_level``
+of searches (default ``Strong``: a search sees every committed insert, and waits for
+Milvus' next time tick to do so; ``Bounded`` / ``Session`` / ``Eventually`` answer
+without that wait and may miss inserts of the last seconds).
 
 Inserts are plain ``insert`` calls of numpy rows (the store hands out fresh keys; the
 first insert of a writing session first deletes keys at or above its first key, which
@@ -36,6 +39,7 @@ MAX_TOP_K = 16384  # Milvus' limit on ``limit`` per search
 INSERT_BATCH = 8192
 FILTER_BATCH = 16384
 META_FIELD = "meta"
+CONSISTENCY_LEVELS = ("Strong", "Bounded", "Session", "Eventually")
 MAX_EF = 4096
 
 
@@ -56,6 +60,7 @@ class MilvusBackend(IndexBackend):
         "index_params": {},
         "search_params": {},
         "metadata": True,
+        "consistency_level": "Strong",
     }
 
     def __init__(self, dim: int, options: Mapping[str, Any], client: Any) -> None:
@@ -74,6 +79,9 @@ class MilvusBackend(IndexBackend):
         for key in ("index_params", "search_params"):
             if not isinstance(resolved[key], Mapping):
                 raise ValueError(f"{cls.name} backend option {key} must be a mapping, got {resolved[key]!r}")
+        if resolved["consistency_level"] not in CONSISTENCY_LEVELS:
+            raise ValueError(f"{cls.name} backend option consistency_level must be one of {', '.join(CONSISTENCY_LEVELS)}, "
+                             f"got {resolved['consistency_level']!r}")
         if not isinstance(resolved["metadata"], bool):
             raise ValueError(f"{cls.name} backend option metadata must be true or false, got {resolved['metadata']!r}")
         return resolved
@@ -205,7 +213,8 @@ class MilvusBackend(IndexBackend):
             groups = [([row], self._expression(restrict, self._removed | excluded[row]), k) for row in range(len(queries))]
         for rows, expression, limit in groups:
             hits = self.client.search(self.collection, data=queries[rows].tolist(), limit=limit, filter=expression,
-                                      output_fields=["id"], search_params=search_params)
+                                      output_fields=["id"], search_params=search_params,
+                                      consistency_level=self.options.get("consistency_level", "Strong"))
             for row, row_hits in zip(rows, hits):
                 rank = 0
                 for hit in row_hits:

@@ -5,8 +5,11 @@ vectors as queries, computes their exact top-``k`` (each query's own image exclu
 segment by segment over the stored vectors, then searches the index at increasing values
 of its knob (``nprobe`` for IVF, ``ef_search`` for HNSW, ``nprobe`` / ``ef`` in Milvus):
 doubling until recall@k reaches the target, then bisecting down to the smallest value
-that still does. The chosen value becomes the index's search-time default, and the
-measured curve (value, recall, p50 latency of single queries) is stored in the manifest
+that still does. "Reaches" means with confidence: the mean recall over the sample minus
+``CONFIDENCE_Z`` standard errors (a one-sided 95% bound) must be at or above the target,
+so that fresh queries like the sample meet it too, not just the sample that chose the
+value. The chosen value becomes the index's search-time default, and the measured curve
+(value, recall, p50 latency of single queries, recall bound) is stored in the manifest
 under ``tuning`` so that a search can ask for another target (``params_for_recall``)
 without tuning again.
 
@@ -28,15 +31,18 @@ from .store import DATA, IndexStore
 
 DEFAULT_SAMPLE = 500
 LATENCY_QUERIES = 100
+CONFIDENCE_Z = 1.645
 
 
 @dataclass
 class TuningPoint:
-    """Recall@k and single-query p50 latency at one knob value."""
+    """Recall@k (mean over the sample, and its lower confidence bound) and single-query
+    p50 latency at one knob value."""
 
     value: int
     recall: float
     p50_ms: float
+    low: float
 
 
 @dataclass
@@ -56,7 +62,7 @@ class TuningReport:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["curve"] = [[p.value, round(p.recall, 4), round(p.p50_ms, 3)] for p in self.curve]
+        out["curve"] = [[p.value, round(p.recall, 4), round(p.p50_ms, 3), round(p.low, 4)] for p in self.curve]
         return out
 
 
@@ -112,9 +118,13 @@ def _search(store: IndexStore, queries: np.ndarray, self_keys: np.ndarray, k: in
                     dtype=object)
 
 
-def _recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f) & set(t.tolist()) - {-1}) / max(1, int((t >= 0).sum()))
-                          for f, t in zip(found, truth)]))
+def _recall(found: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """Mean recall@k over the queries and its lower confidence bound."""
+    per_query = np.array([len(set(f) & set(t.tolist()) - {-1}) / max(1, int((t >= 0).sum()))
+                          for f, t in zip(found, truth)])
+    mean = float(per_query.mean())
+    error = float(per_query.std(ddof=1) / np.sqrt(len(per_query))) if len(per_query) > 1 else 0.0
+    return mean, mean - CONFIDENCE_Z * error
 
 
 def _p50_ms(store: IndexStore, queries: np.ndarray, k: int, params: Mapping[str, Any] | None) -> float:
@@ -146,32 +156,32 @@ def tune_backend(store: IndexStore, target_recall: float, k: int = 10, sample: i
     knob = backend.search_knob(k)
     if knob is None:  # exact search: nothing to tune
         p50 = _p50_ms(store, queries, k, None)
-        recall = _recall(_search(store, queries, self_keys, k, None), truth)
+        recall, _ = _recall(_search(store, queries, self_keys, k, None), truth)
         return TuningReport(target_recall, k, len(queries), None, None, recall, p50, exact_ms, recall >= target_recall)
     curve: dict[int, TuningPoint] = {}
 
     def measure(value: int) -> TuningPoint:
         if value not in curve:
             params = {knob.name: value}
-            recall = _recall(_search(store, queries, self_keys, k, params), truth)
-            curve[value] = TuningPoint(value, recall, _p50_ms(store, queries, k, params))
+            recall, low = _recall(_search(store, queries, self_keys, k, params), truth)
+            curve[value] = TuningPoint(value, recall, _p50_ms(store, queries, k, params), low)
         return curve[value]
 
     low, value = None, knob.low
-    while measure(value).recall < target_recall and value < knob.high:
+    while measure(value).low < target_recall and value < knob.high:
         low, value = value, min(knob.high, 2 * value)
     high = value
-    if measure(high).recall >= target_recall:  # bisect between the last miss and the first hit
+    if measure(high).low >= target_recall:  # bisect between the last miss and the first hit
         while low is not None and high - low > max(1, high // 16):
             middle = (low + high) // 2
-            if measure(middle).recall >= target_recall:
+            if measure(middle).low >= target_recall:
                 high = middle
             else:
                 low = middle
     best = curve[high]
     points = sorted(curve.values(), key=lambda p: p.value)
     return TuningReport(target_recall, k, len(queries), knob.name, best.value, best.recall, best.p50_ms, exact_ms,
-                        best.recall >= target_recall, points)
+                        best.low >= target_recall, points)
 
 
 def tune_index(index_dir: str | Path, target_recall: float, k: int = 10, sample: int = DEFAULT_SAMPLE,
@@ -186,7 +196,8 @@ def tune_index(index_dir: str | Path, target_recall: float, k: int = 10, sample:
 
 def params_for_recall(manifest: Mapping[str, Any], target_recall: float) -> dict[str, Any]:
     """Search parameters reaching ``target_recall`` according to the index's stored curve:
-    the smallest measured value at or above the target (the largest measured when none is)."""
+    the smallest measured value whose recall bound is at or above the target (the largest
+    measured when none is)."""
     target_recall = check_target(target_recall)
     tuning = manifest.get("tuning")
     if not tuning:
@@ -197,7 +208,7 @@ def params_for_recall(manifest: Mapping[str, Any], target_recall: float) -> dict
     if tuning.get("knob") is None:
         return {}
     curve = sorted(tuning["curve"])
-    for value, recall, _ in curve:
-        if recall >= target_recall:
-            return {tuning["knob"]: int(value)}
+    for point in curve:
+        if point[-1] >= target_recall:  # the bound (older curves end with the mean)
+            return {tuning["knob"]: int(point[0])}
     return {tuning["knob"]: int(curve[-1][0])}
