@@ -58,3 +58,19 @@ def test_bad_multipart_filter_json(client, captions):
     fields = {"ref_id": (None, sorted(captions)[0]), "text": (None, "x"), "filter": (None, "{nope")}
     response = client.post("/v1/search", files=fields)  # multipart/form-data
     assert response.status_code == 422 and "filter must be a JSON object" in response.json()["error"]["message"]
+
+
+def test_batch_queries_carry_their_own_filters(client, captions):
+    ids = sorted(captions)
+    first, second = captions[ids[1]], captions[ids[2]]
+    body = {"k": 50, "queries": [{"ref_id": ids[0], "text": "make it blue", "filter": {"caption": first}},
+                                 {"ref_id": ids[0], "text": "make it blue", "filter": {"caption": second}},
+                                 {"ref_id": ids[0], "text": "make it blue", "k": 3}]}
+    response = client.post("/v1/search/batch", json=body)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    for result, caption in zip(results[:2], (first, second)):
+        assert {h["id"] for h in result["results"]} == {i for i, c in captions.items() if c == caption} - {ids[0]}
+    assert len(results[2]["results"]) == 3
+    bad = client.post("/v1/search/batch", json={"queries": [body["queries"][0], {**body["queries"][1], "filter": {"x": {}}}]})
+    assert bad.status_code == 422 and "queries[1]" in bad.json()["error"]["message"]

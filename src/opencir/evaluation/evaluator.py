@@ -1,7 +1,7 @@
 """Model evaluation: encode the gallery once, compose queries, rank, score with the protocol.
 
 The same protocol objects score rankings files (``opencir eval-rankings``), so our models
-and anyone else's are measured by one piece of code. Ranking is chunked
+and anyone else's are measured by one piece of code. Ranking is tiled
 (``retrieval.exact.exact_top_k``): memory never holds a Q x N matrix.
 """
 from __future__ import annotations
@@ -17,23 +17,17 @@ from tqdm.auto import tqdm
 from ..data.types import CIRDataset, Triplet
 from ..methods.base import CIRMethod
 from ..retrieval.exact import exact_top_k
-from ..encoding.features import FeatureTable, encode_image_table
-from .protocols import aggregate_parts, has_ground_truth
-
-SCORE_BUDGET_BYTES = 64 << 20
-"""Upper bound of one chunk of the (queries x gallery) float32 score block."""
-
-
-def chunk_rows(gallery_size: int, budget_bytes: int = SCORE_BUDGET_BYTES) -> int:
-    """Queries scored at once so a chunk of scores stays within ``budget_bytes``."""
-    return max(1, min(1024, budget_bytes // (4 * max(1, gallery_size))))
+from ..encoding.features import FeatureTable, TextFeatureCache, encode_image_table
+from ..encoding.precision import autocast, resolve_precision
+from .protocols import aggregate_parts, has_ground_truth, protocol_labels
 
 
 @dataclass
 class EvalResult:
-    """Metrics (percent), and per query id the ranked gallery ids and subset rankings."""
+    """Metrics (percent; plus ``gallery_convention`` where a benchmark has several), and per
+    query id the ranked gallery ids and subset rankings."""
 
-    metrics: dict[str, float]
+    metrics: dict[str, float | str]
     rankings: dict[str, list[str]] = field(default_factory=dict)
     subset_rankings: dict[str, list[str]] = field(default_factory=dict)
     scores: dict[str, list[float]] = field(default_factory=dict)
@@ -59,51 +53,90 @@ def embed_part(
     cache_dir: str | Path | None = None,
     num_workers: int = 0,
     table: FeatureTable | None = None,
+    text_cache: TextFeatureCache | None = None,
+    precision: str = "fp32",
 ) -> QueryEmbeddings:
-    """Gallery and query embeddings of one dataset part (every image encoded once)."""
+    """Gallery and query embeddings of one dataset part (every image encoded once).
+
+    ``text_cache`` (frozen text towers) reuses text features across calls, e.g. the
+    trainer's validation after every epoch. ``precision`` (resolved) applies to image and
+    text encoding and composition; embeddings are float32."""
     method.eval()
     triplets = list(dataset.triplets)
     ids = list(dict.fromkeys([*dataset.gallery_ids, *(t.reference_id for t in triplets)]))
     if table is None:
-        table = encode_image_table(method, dataset, ids, cache_dir, batch_size, device, num_workers)
-    gallery = torch.cat(
-        [
-            method.embed_targets(table.gather(dataset.gallery_ids[i : i + batch_size], device)).float().cpu()
-            for i in range(0, len(dataset.gallery_ids), batch_size)
-        ]
-    )
+        table = encode_image_table(method, dataset, ids, cache_dir, batch_size, device, num_workers, precision)
+    with autocast(precision, device):
+        gallery = torch.cat(
+            [
+                method.embed_targets(table.gather(dataset.gallery_ids[i : i + batch_size], device)).float().cpu()
+                for i in range(0, len(dataset.gallery_ids), batch_size)
+            ]
+        )
     rng = random.Random(0)
-    queries = []
-    for i in tqdm(range(0, len(triplets), batch_size), desc="compose queries", leave=False, disable=None):
-        chunk = triplets[i : i + batch_size]
-        reference = table.gather([t.reference_id for t in chunk], device)
-        text = method.encode_texts([method.query_text(dataset, t, False, rng) for t in chunk])
-        queries.append(method.compose(reference, text).float().cpu())
-    return QueryEmbeddings(triplets, torch.cat(queries), list(dataset.gallery_ids), gallery, table)
+    texts = [method.query_text(dataset, t, False, rng) for t in triplets]
+    encode_texts = text_cache if text_cache is not None else method.encode_texts
+    # Batches of similar length: each text batch is trimmed after its longest text
+    # (ClipBackbone.trim_padding), so sorting saves most of the padding; order is restored.
+    order = sorted(range(len(triplets)), key=lambda row: len(texts[row]), reverse=True)
+    queries: torch.Tensor | None = None
+    for i in tqdm(range(0, len(order), batch_size), desc="compose queries", leave=False, disable=None):
+        rows = order[i : i + batch_size]
+        reference = table.gather([triplets[row].reference_id for row in rows], device)
+        with autocast(precision, device):
+            composed = method.compose(reference, encode_texts([texts[row] for row in rows])).float().cpu()
+        if queries is None:
+            queries = torch.empty(len(triplets), composed.shape[1], dtype=torch.float32)
+        queries[torch.as_tensor(rows)] = composed
+    if queries is None:
+        queries = torch.empty(0, gallery.shape[1] if gallery.ndim == 2 else 0)
+    return QueryEmbeddings(triplets, queries, list(dataset.gallery_ids), gallery, table)
+
+
+def subset_ranking(
+    embeddings: QueryEmbeddings,
+    row: int,
+    ranking: Sequence[str],
+    subset_ids: Sequence[str],
+    excluded: str | None,
+    position: dict[str, int],
+) -> list[str]:
+    """CIRR subset ranking derived from the global ``ranking`` (as the official code
+    filters its global ranking to ``img_set.members``): members in their global order;
+    members below the global cut follow by score, ties in gallery order (the order a
+    full stable sort would give); an ``excluded`` reference comes last (its official
+    score is -1e11)."""
+    members = [m for m in dict.fromkeys(subset_ids) if m in position]
+    listed, member_set = set(ranking), set(members)
+    ordered = [i for i in ranking if i in member_set]
+    rest = [m for m in members if m not in listed and m != excluded]
+    if rest:
+        rows = torch.tensor([position[m] for m in rest], dtype=torch.long)
+        scores = (embeddings.gallery.index_select(0, rows) @ embeddings.queries[row]).tolist()
+        ordered += [m for _, _, m in sorted(zip((-s for s in scores), (position[m] for m in rest), rest))]
+    if excluded is not None and excluded in members:
+        ordered.append(excluded)
+    return ordered
 
 
 def rank_part(
     embeddings: QueryEmbeddings, depth: int, exclude_reference: bool, with_subsets: bool
 ) -> tuple[dict[str, list[str]], dict[str, list[float]], dict[str, list[str]]]:
-    """Top-``depth`` gallery ids per query (reference removed if asked) and subset rankings."""
+    """Top-``depth`` gallery ids per query (reference removed if asked) and the subset
+    rankings derived from them (:func:`subset_ranking`)."""
     position = {image_id: row for row, image_id in enumerate(embeddings.gallery_ids)}
     exclude = None
     if exclude_reference:
         exclude = [[position[t.reference_id]] if t.reference_id in position else [] for t in embeddings.triplets]
-    scores, indices = exact_top_k(
-        embeddings.queries, embeddings.gallery, depth, exclude, chunk_size=chunk_rows(len(embeddings.gallery_ids))
-    )
+    scores, indices = exact_top_k(embeddings.queries, embeddings.gallery, depth, exclude)
     rankings, ranking_scores, subsets = {}, {}, {}
     for row, t in enumerate(embeddings.triplets):
         valid = scores[row] > float("-inf")
         rankings[t.query_id] = [embeddings.gallery_ids[j] for j in indices[row][valid]]
         ranking_scores[t.query_id] = scores[row][valid].tolist()
         if with_subsets and t.subset_ids:
-            members = [m for m in t.subset_ids if m in position]
-            member_rows = torch.tensor([position[m] for m in members], dtype=torch.long)
-            member_scores = embeddings.gallery.index_select(0, member_rows) @ embeddings.queries[row]
-            order = torch.argsort(member_scores, descending=True, stable=True)
-            subsets[t.query_id] = [members[j] for j in order.tolist()]
+            excluded = t.reference_id if exclude_reference else None
+            subsets[t.query_id] = subset_ranking(embeddings, row, rankings[t.query_id], t.subset_ids, excluded, position)
     return rankings, ranking_scores, subsets
 
 
@@ -115,8 +148,14 @@ def evaluate(
     cache_dir: str | Path | None = None,
     num_workers: int = 0,
     keep_rankings: bool = False,
+    text_cache: TextFeatureCache | None = None,
+    precision: str = "fp32",
 ) -> EvalResult:
-    """Official metrics of ``method`` on ``dataset`` (per part, plus ``avg/`` over parts)."""
+    """Official metrics of ``method`` on ``dataset`` (per part, plus ``avg/`` over parts).
+
+    ``precision``: ``fp32`` (default, exact), ``bf16``, ``fp16`` (CUDA) or ``auto``
+    (``encoding.precision``)."""
+    precision = resolve_precision(precision, device)
     parts = dataset.evaluation_parts()
     per_part: dict[str, dict[str, float]] = {}
     result = EvalResult(metrics={})
@@ -128,7 +167,7 @@ def evaluate(
         needed = {*part.gallery_ids, *(t.reference_id for t in part.triplets)}
         if table is None or not needed.issubset(table.index):
             table = None  # parts sharing their images (ImageNet domains) reuse one encoding
-        embeddings = embed_part(method, part, batch_size, device, cache_dir, num_workers, table)
+        embeddings = embed_part(method, part, batch_size, device, cache_dir, num_workers, table, text_cache, precision)
         rankings, scores, subsets = rank_part(
             embeddings, protocol.ranking_depth, protocol.exclude_reference, protocol.uses_subsets
         )
@@ -139,13 +178,13 @@ def evaluate(
             result.subset_rankings.update(subsets)
             result.scores.update(scores)
         table = embeddings.table
-    result.metrics = aggregate_parts(per_part)
+    result.metrics = {**aggregate_parts(per_part), **protocol_labels(dataset)} if per_part else {}
     return result
 
 
-def select_score(metrics: dict[str, float], names: Sequence[str]) -> float:
+def select_score(metrics: dict[str, float | str], names: Sequence[str]) -> float:
     """Sum of the named metrics: the model-selection score (e.g. TG-CIR's sum of 7 CIRR metrics)."""
-    missing = [n for n in names if n not in metrics]
+    missing = [n for n in names if n not in metrics or isinstance(metrics[n], str)]
     if missing:
         raise KeyError(f"selection metrics {missing} not among {sorted(metrics)}")
     return sum(metrics[n] for n in names)

@@ -20,6 +20,7 @@ class BackboneConfig:
     pretrained: str | None = "openai"
     cache_dir: str | None = None
     grad_checkpointing: bool = False
+    quick_gelu: bool | None = None  # None: QuickGELU exactly when the weights are OpenAI's (BackboneSpec)
 
 
 @dataclass
@@ -50,6 +51,8 @@ class TrainConfig:
     step_gamma: float = 0.1
     grad_clip: float | None = None
     amp: bool = True
+    precision: str = "auto"
+    """auto (fp16 autocast on CUDA when amp, else fp32) | fp32 | bf16 (CPU or CUDA) | fp16 (CUDA)."""
     seed: int = 42
     num_workers: int = 0
     drop_last: bool = True
