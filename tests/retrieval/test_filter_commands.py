@@ -35,6 +35,13 @@ def test_index_with_target_recall_then_filtered_search(tmp_path, capsys, model_d
     assert {h["image_id"] for h in hits} == expected
     assert all(h["metadata"]["color"] in ("red", "green") for h in hits)
 
+    queries = tmp_path / "q.jsonl"
+    queries.write_text('{"query_id": "a", "ref_id": "img003", "text": "red"}\n{"query_id": "b", "ref_id": "img004", "text": "x"}\n')
+    assert main(["search", "--index", str(out), "--queries", str(queries), "-k", "24", "--filter", "color=blue"]) == 0
+    rankings = json.loads(capsys.readouterr().out)
+    blue = {f"img{i:03d}" for i in range(24) if i % 3 == 1}
+    assert set(rankings["a"]) == blue and set(rankings["b"]) == blue - {"img004"}
+
     # retune alone, without --model / --images
     assert main(["index", "--out", str(out), "--target-recall", "0.5", "--tune-sample", "10"]) == 0
     assert read_manifest(out)["tuning"]["target_recall"] == 0.5
