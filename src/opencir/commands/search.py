@@ -34,7 +34,7 @@ def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exclude", action="append", default=[], metavar="ID", help="never return this id (repeatable)")
     parser.add_argument("--filter", action="append", default=[], metavar="COND",
                         help="keep images whose metadata passes (repeatable, ANDed): color=red, price<50, "
-                        "year>=2020, brand=nike|adidas, or a JSON object {\"price\": {\"lt\": 50}}")
+                        "year>=2020, brand=nike|adidas, or a JSON object {\"price\": {\"lt\": 50}}; with --queries: every query")
     parser.add_argument("--target-recall", type=float, help="search effort of a tuned approximate index for "
                         "this recall@10 (from the curve `opencir index --target-recall` stored)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
