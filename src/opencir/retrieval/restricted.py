@@ -50,17 +50,14 @@ def restricted_search(store: "IndexStore", queries: np.ndarray, k: int, exclude:
     scores, found = store.backend.search(queries, depth or k, exclude, restrict=restrict, params=params)
     if depth:
         scores, found = rescore(store, queries, found)
-    records, passing = store.records, set()
+    records = store.records
+    slot = np.minimum(np.searchsorted(keys, found), len(keys) - 1)
+    passes = keys[slot] == found  # defensive: a backend must only return passing keys (keys are sorted)
     results: list[list[tuple["Record", float]]] = []
-    for row_scores, row_keys, banned in zip(scores, found.tolist(), excluded):
-        row = []
-        for score, key in zip(row_scores, row_keys):
-            if key < 0 or key in banned or key not in records.key_position:
-                continue
-            if not passing:
-                passing = set(keys.tolist())
-            if key in passing:  # defensive: a backend must only return passing keys
-                row.append((records.record(records.key_position[key]), float(score)))
+    for row_scores, row_keys, row_passes, banned in zip(scores, found.tolist(), passes, excluded):
+        row = [(records.record(records.key_position[key]), float(score))
+               for score, key, ok in zip(row_scores, row_keys, row_passes)
+               if ok and key >= 0 and key not in banned and key in records.key_position]
         results.append(row[:k])
     short = [i for i, (row, want) in enumerate(zip(results, expected)) if len(row) < want]
     if short:
