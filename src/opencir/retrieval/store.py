@@ -204,6 +204,7 @@ class IndexStore:
         self._dirty = False
         self._columns: MetadataColumns | None = None  # metadata filters: built on first use
         self._filter_keys: dict[str, np.ndarray] = {}
+        self._mapped: dict[str, np.ndarray] = {}  # memory-mapped segments (exact re-ranking, filters)
         if writable and take_lock:
             self._lock_fd = acquire_writer_lock(directory)
 
@@ -315,8 +316,10 @@ class IndexStore:
         out = np.empty((len(positions), self.dim), dtype=np.float32)
         for seg in np.unique(segments):
             chosen = np.flatnonzero(segments == seg)
-            data = np.load(self.directory / DATA / self._segments[int(seg)], mmap_mode="r")
-            out[chosen] = data[rows[chosen]]
+            name = self._segments[int(seg)]
+            if name not in self._mapped:  # segment files are immutable: map each once
+                self._mapped[name] = np.load(self.directory / DATA / name, mmap_mode="r")
+            out[chosen] = self._mapped[name][rows[chosen]]
         return out
 
     def check_fingerprint(self, fingerprint: str, model_name: str = "the model") -> None:
