@@ -192,7 +192,9 @@ def load_fashioniq(
         for c in select_names(category, CATEGORIES, "category", "fashioniq")
     }
     if len(parts) == 1:
-        return next(iter(parts.values()))
+        only = next(iter(parts.values()))
+        only.info["gallery"] = gallery  # the convention is part of what a result was measured under
+        return only
     images: dict[str, ImageRecord] = {}
     for part in parts.values():
         images.update(part.images)

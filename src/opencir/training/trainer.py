@@ -30,6 +30,7 @@ from ..methods.io import load_weights_into, save_model
 from .config import RunConfig, save_run_config
 from ..encoding.features import FeatureTable, TextFeatureCache, encode_image_table, load_pixels, method_transform
 from .optim import OPTIMIZERS, SCHEDULES
+from .seeding import loader_generator, seed_everything, seed_worker
 
 log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.pt"
@@ -40,12 +41,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 class _PixelPairs(Dataset):
@@ -105,7 +100,7 @@ class Trainer:
         return [_BatchPlan(order[i : min(i + size, stop)]) for i in range(0, stop, size)]
 
     def _image_batches(
-        self, examples: list[Any], plans: list[_BatchPlan], table: FeatureTable | None
+        self, examples: list[Any], plans: list[_BatchPlan], table: FeatureTable | None, epoch: int = 0
     ) -> Iterator[list[Any]]:
         """Per batch, one entry per image slot (reference, target) or (image,): cached
         Features rows when ``table`` is given, else collated pixels (and masks)."""
@@ -119,7 +114,8 @@ class Trainer:
         pixels = _PixelPairs(self.train_set, [self._image_keys(examples[r]) for r in flat], transform, self.req.needs_masks)
         sizes = [len(plan.rows) for plan in plans]
         sampler = _ChunkSampler(sizes)
-        loader = DataLoader(pixels, batch_sampler=sampler, num_workers=self.cfg.num_workers, collate_fn=_collate)
+        loader = DataLoader(pixels, batch_sampler=sampler, num_workers=self.cfg.num_workers, collate_fn=_collate,
+                            generator=loader_generator(self.cfg.seed + epoch), worker_init_fn=seed_worker)
         yield from loader  # pixel slots; encoded inside the step's autocast (see _encode_slots)
 
     def _encode_slots(self, slots: list[Any], from_table: bool) -> list[Features]:
@@ -210,7 +206,7 @@ class Trainer:
             texts.prefetch([s for strings in epoch_texts for s in strings])
             totals: dict[str, float] = {}
             epoch_lr = optimizer.param_groups[0]["lr"]
-            bar = tqdm(zip(plans, epoch_texts, self._image_batches(examples, plans, table)), total=len(plans),
+            bar = tqdm(zip(plans, epoch_texts, self._image_batches(examples, plans, table, epoch)), total=len(plans),
                        desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=None)
             for plan, strings, slots in bar:
                 with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
