@@ -1,24 +1,63 @@
-"""`opencir demo` end to end at a tiny size: every stage runs and every output is written."""
+"""`opencir demo` end to end at a tiny size: every stage runs, every output is written, and
+two runs with the same seed (fresh folders, fresh caches) give identical tables and weights."""
 from __future__ import annotations
 
 import json
 
-from opencir.demo import DemoSettings, run_demo
+import torch
+from safetensors.torch import load_file
+
+from opencir.demo import COMBINER_ROW, DemoSettings, format_table, mean_and_std, run_demo
+
+SETTINGS = DemoSettings(train_triplets=120, val_triplets=20, test_triplets=20, clip_epochs=1, clip_batch_size=32,
+                        stage1_epochs=1, stage2_epochs=2, batch_size=32, paraphrases=3)
+ROWS = ["image-only", "text-only", "sum", "clip4cir stage 1 (sum, fine-tuned)", COMBINER_ROW]
 
 
-def test_demo_pipeline_writes_table_plot_and_grid(tmp_path, monkeypatch, capsys):
+def _weights(path):
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_demo_pipeline_writes_table_plot_grid_and_analysis(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("OPENCIR_CACHE", str(tmp_path / "cache"))
-    settings = DemoSettings(train_triplets=120, val_triplets=20, test_triplets=20, clip_epochs=1, stage1_epochs=1,
-                            stage2_epochs=2, batch_size=32)
-    result = run_demo(tmp_path / "demo", settings, device="cpu")
-    rows = ["image-only", "text-only", "sum", "clip4cir stage 1 (sum, fine-tuned)", "clip4cir (Combiner)"]
-    assert list(result["table"]) == rows
+    result = run_demo(tmp_path / "demo", SETTINGS, device="cpu")
+    assert list(result["table"]) == ROWS
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert saved["table"] == result["table"] and saved["split"] == "test"
+    assert saved["table"] == result["table"] and saved["split"] == "test" and saved["seeds"] == [0]
     for name in ("bar_plot", "retrieval_grid"):
         assert (tmp_path / "demo" / f"{'results' if name == 'bar_plot' else name}.png").stat().st_size > 1000
     out = capsys.readouterr().out
-    assert "clip4cir (Combiner)" in out and "R@1" in out
+    assert COMBINER_ROW in out and "R@1" in out
     assert list((tmp_path / "cache").glob("small-clip-cirshapes-*.pt"))  # reused by the next run
-    again = run_demo(tmp_path / "demo", settings, device="cpu")
+    metrics = json.loads((tmp_path / "demo" / "evals" / "seed-0" / "clip4cir-combiner" / "metrics.json").read_text())
+    shortcuts = metrics["analysis"]["shortcuts"]
+    assert shortcuts["subset"] == "composition-only" and "neither image-only" in shortcuts["rule"]
+    assert set(shortcuts["at"]) == {"R@1", "R@5", "R@10", "R@50"}
+    breakdown = metrics["analysis"]["breakdown"]["clip4cir"]
+    assert {"edit:add", "edit:remove", "edit:recolour", "edit:resize", "edit:move", "held-out", "seen"} >= set(breakdown)
+    assert sum(breakdown[g]["queries"] for g in breakdown if g.startswith("edit:")) == 20
+    assert len(metrics["analysis"]["paraphrases"]["variants"]) == 3
+    again = run_demo(tmp_path / "demo", SETTINGS, device="cpu")
     assert "pretrain small CLIP" not in again["timings"]
+
+
+def test_same_seed_gives_identical_tables_and_weights(tmp_path, monkeypatch):
+    """Issue 14 / issue 12 item 11: pretraining, stage 1 and stage 2 from scratch twice."""
+    runs = []
+    for name in ("one", "two"):
+        monkeypatch.setenv("OPENCIR_CACHE", str(tmp_path / name / "cache"))
+        runs.append(run_demo(tmp_path / name / "demo", SETTINGS, device="cpu"))
+    assert format_table(runs[0]["table"]) == format_table(runs[1]["table"])
+    assert runs[0]["table"] == runs[1]["table"]
+    clips = [torch.load(next((tmp_path / n / "cache").glob("*.pt")), weights_only=True) for n in ("one", "two")]
+    assert all(torch.equal(clips[0][k], clips[1][k]) for k in clips[0])
+    for stage in ("clip4cir-stage1", "clip4cir-stage2"):
+        a, b = (_weights(tmp_path / n / "demo" / "runs" / "seed-0" / stage / "best") for n in ("one", "two"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), stage
+
+
+def test_mean_and_sample_std_over_seeds():
+    tables = [{"m": {"R@1": 10.0}}, {"m": {"R@1": 14.0}}, {"m": {"R@1": 12.0}}]
+    mean, std = mean_and_std(tables)
+    assert mean == {"m": {"R@1": 12.0}} and std == {"m": {"R@1": 2.0}}  # sample std of 10, 12, 14
+    assert "12.00 ± 2.00" in format_table(mean, ("R@1",), std)

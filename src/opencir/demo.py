@@ -21,6 +21,8 @@ from typing import Any, Callable, Mapping, Sequence
 from .backbones import BackboneSpec
 from .data import load_dataset
 from .evaluation.evaluator import evaluate
+from .evaluation.outputs import write_eval_dir
+from .evaluation.shortcuts import analyze
 from .evaluation.plots import bar_plot, retrieval_grid
 from .methods.io import build_method, load_model
 from .training.config import load_run_config
@@ -54,6 +56,8 @@ class DemoSettings:
     stage1_epochs: int | None = None
     stage2_epochs: int | None = None
     batch_size: int | None = None
+    paraphrases: int = 5
+    """Wordings of every test query the Combiner is re-scored with (paraphrase robustness)."""
     extra_methods: tuple[str, ...] = ()
     """Methods trained after CLIP4Cir from their shipped ``<name>-cirshapes`` recipes."""
 
@@ -120,10 +124,31 @@ def _pretrained_clip(data: Path, settings: DemoSettings, run_dir: Path, device: 
         seed=settings.seed, run_dir=run_dir, device=device, warmup_steps=settings.clip_warmup_steps))
 
 
+def slug(label: str) -> str:
+    """A folder name for a table row ("clip4cir (Combiner)" -> "clip4cir-combiner")."""
+    return "-".join("".join(c if c.isalnum() else " " for c in label.lower()).split())
+
+
+def _evaluate_row(label: str, method: Any, test: Any, dev: Any, cache: str, evals: Path, timings: dict[str, float],
+                  model: dict[str, Any], paraphrases: int = 0) -> Any:
+    """Evaluate one table row with its analysis; writes ``evals/<slug>``; returns the result."""
+    def run() -> Any:
+        result = evaluate(method, test, 256, dev, cache, keep_rankings=True)
+        result.analysis = analyze(method, test, result.rankings, None, 256, dev, cache, paraphrase_variants=paraphrases)
+        return result
+
+    result = _timed(f"evaluate {label}", timings, run)
+    write_eval_dir(evals / slug(label), test, result.metrics, result.rankings, None, result.analysis,
+                   model={"label": label, "method": method.name, **model})
+    return result
+
+
 def run_seed(workdir: Path, data: Path, settings: DemoSettings, device: str) -> dict[str, Any]:
-    """One seed of the pipeline: returns ``{"table", "timings", "test", "rankings"}``."""
+    """One seed of the pipeline: returns ``{"table", "timings", "test", "rankings"}``; every
+    row's evaluation (metrics, rankings, shortcut analysis) goes to ``evals/seed-<seed>/<row>``."""
     timings: dict[str, float] = {}
     runs = workdir / "runs" / f"seed-{settings.seed}"
+    evals = workdir / "evals" / f"seed-{settings.seed}"
     checkpoint = _pretrained_clip(data, settings, runs / "small-clip", device, timings)
     spec = BackboneSpec("small-vit", str(checkpoint))
     dev = resolve_device(device)
@@ -132,7 +157,7 @@ def run_seed(workdir: Path, data: Path, settings: DemoSettings, device: str) -> 
     table: dict[str, dict[str, float]] = {}
     for name in ("image-only", "text-only", "sum"):
         method = build_method(name, spec).to(dev)
-        table[name] = _timed(f"evaluate {name}", timings, lambda: evaluate(method, test, 256, dev, cache).metrics)
+        table[name] = _evaluate_row(name, method, test, dev, cache, evals, timings, {"backbone": str(checkpoint)}).metrics
 
     common = [f"train.batch_size={settings.batch_size}"] if settings.batch_size else []
     s1_extra = [*common, *([f"train.epochs={settings.stage1_epochs}"] if settings.stage1_epochs else [])]
@@ -146,16 +171,18 @@ def run_seed(workdir: Path, data: Path, settings: DemoSettings, device: str) -> 
     s2 = _timed("train CLIP4Cir stage 2 (Combiner)", timings, lambda: run_from_config(stage2))
 
     stage1_model = load_model(s1["best_model"], device=dev)
-    table[STAGE1_ROW] = _timed("evaluate stage 1", timings, lambda: evaluate(stage1_model, test, 256, dev, cache).metrics)
+    table[STAGE1_ROW] = _evaluate_row(STAGE1_ROW, stage1_model, test, dev, cache, evals, timings,
+                                      {"model": s1["best_model"], "run": s1["output_dir"]}).metrics
     combiner = load_model(s2["best_model"], device=dev)
-    final = _timed("evaluate CLIP4Cir", timings, lambda: evaluate(combiner, test, 256, dev, cache, keep_rankings=True))
+    final = _evaluate_row(COMBINER_ROW, combiner, test, dev, cache, evals, timings,
+                          {"model": s2["best_model"], "run": s2["output_dir"]}, paraphrases=settings.paraphrases)
     table[COMBINER_ROW] = final.metrics
     for name in settings.extra_methods:
         config = _recipe(f"{name}-cirshapes", checkpoint, data, runs / name, cache, device, settings.seed)
         summary = _timed(f"train {name}", timings, lambda: run_from_config(config))
-        model = load_model(summary["best_model"], device=dev)
-        table[METHOD_LABELS.get(name, name)] = _timed(
-            f"evaluate {name}", timings, lambda: evaluate(model, test, 256, dev, cache).metrics)
+        label = METHOD_LABELS.get(name, name)
+        table[label] = _evaluate_row(label, load_model(summary["best_model"], device=dev), test, dev, cache, evals,
+                                     timings, {"model": summary["best_model"], "run": summary["output_dir"]}).metrics
     return {"table": table, "timings": timings, "test": test, "rankings": final.rankings}
 
 
@@ -195,7 +222,9 @@ def run_demo(workdir: str | Path = "opencir-demo", settings: DemoSettings = Demo
     }
     files["results"].write_text(json.dumps({
         "dataset": "cir-shapes", "split": "test", "seeds": seeds, "table": table, "std": std,
-        "per_seed": per_seed, "timings_s": timings}, indent=2))
+        "per_seed": per_seed, "timings_s": timings, "main_row": COMBINER_ROW,
+        "eval_dirs": {row: str(workdir / "evals" / f"seed-{seeds[0]}" / slug(row)) for row in table},
+        "runs_dir": str(workdir / "runs" / f"seed-{seeds[0]}")}, indent=2))
     title = "cir-shapes test" + (f" (mean of {len(seeds)} seeds)" if len(seeds) > 1 else "")
     bar_plot(table, TABLE_METRICS, files["bar_plot"], title=title)
     test = last["test"]

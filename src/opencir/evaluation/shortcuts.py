@@ -83,10 +83,13 @@ def analyze(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     cache_dir: str | Path | None = None,
+    paraphrase_variants: int = 5,
 ) -> dict[str, Any]:
     """Breakdowns of ``method``'s rankings and, for composition methods, the shortcut
-    analysis with the single-modality baselines on its backbone (their metrics included)."""
+    analysis with the single-modality baselines on its backbone (their metrics included)
+    and, where the dataset has a paraphraser, paraphrase robustness."""
     from ..methods.io import build_method
+    from .robustness import has_paraphrases, paraphrase_robustness
 
     scores = per_query_scores(dataset, rankings, subset_rankings)
     groups = query_groups(dataset)
@@ -107,6 +110,8 @@ def analyze(
     method.eval()
     out["shortcuts"] = shortcut_summary(scores, baselines["image-only"][0], baselines["text-only"][0])
     out["baselines"] = {name: metrics for name, (_, metrics) in baselines.items()}
+    if paraphrase_variants >= 2 and has_paraphrases(dataset):
+        out["paraphrases"] = paraphrase_robustness(method, dataset, paraphrase_variants, batch_size, device, cache_dir)
     return out
 
 
