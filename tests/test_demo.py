@@ -7,6 +7,7 @@ import json
 import torch
 from safetensors.torch import load_file
 
+from opencir.evaluation.report import write_report
 from opencir.demo import COMBINER_ROW, DemoSettings, format_table, mean_and_std, run_demo
 
 SETTINGS = DemoSettings(train_triplets=120, val_triplets=20, test_triplets=20, clip_epochs=1, clip_batch_size=32,
@@ -39,6 +40,8 @@ def test_demo_pipeline_writes_table_plot_grid_and_analysis(tmp_path, monkeypatch
     assert len(metrics["analysis"]["paraphrases"]["variants"]) == 3
     again = run_demo(tmp_path / "demo", SETTINGS, device="cpu")
     assert "pretrain small CLIP" not in again["timings"]
+    page = write_report(tmp_path / "demo").read_text()  # the report of a demo folder has every section filled
+    assert 'class="missing"' not in page and "clip4cir-stage2" in page and "edit:move" in page
 
     # Issue 14 / issue 12 item 11: the whole pipeline from scratch again (new folder, new
     # cache) with the same seed prints the same table from bit-identical weights.

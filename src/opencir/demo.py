@@ -49,9 +49,9 @@ class DemoSettings:
     train_triplets: int = 10000
     val_triplets: int = 500
     test_triplets: int = 2000
-    clip_epochs: int = 3
+    clip_epochs: int = 2
     clip_lr: float = 1e-3
-    clip_warmup_steps: int = 100
+    clip_warmup_steps: int = 50
     clip_batch_size: int = 128
     stage1_epochs: int | None = None
     stage2_epochs: int | None = None

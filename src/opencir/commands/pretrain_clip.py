@@ -13,7 +13,7 @@ def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up steps before the cosine decay")
+    parser.add_argument("--warmup-steps", type=int, default=50, help="linear warm-up steps before the cosine decay")
     parser.add_argument("--seed", type=int, default=0, help="same seed + same thread count = bit-identical checkpoint on CPU")
     parser.add_argument("--run-dir", help="training run folder (default: next to --out)")
 

@@ -50,7 +50,7 @@ def pretrain_small_clip(
     seed: int = 0,
     run_dir: str | Path | None = None,
     device: str = "auto",
-    warmup_steps: int = 100,
+    warmup_steps: int = 50,
 ) -> Path:
     """Train a small CLIP on cir-shapes train images + captions; export an open_clip checkpoint.
 
