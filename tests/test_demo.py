@@ -61,3 +61,10 @@ def test_mean_and_sample_std_over_seeds():
     mean, std = mean_and_std(tables)
     assert mean == {"m": {"R@1": 12.0}} and std == {"m": {"R@1": 2.0}}  # sample std of 10, 12, 14
     assert "12.00 ± 2.00" in format_table(mean, ("R@1",), std)
+
+
+def test_demo_refuses_a_seed_count_below_one(capsys):
+    from opencir.cli import main
+
+    assert main(["demo", "--seeds", "0"]) == 2
+    assert "--seeds must be at least 1" in capsys.readouterr().err

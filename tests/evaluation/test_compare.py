@@ -111,6 +111,13 @@ def test_compare_command_on_two_eval_folders_and_refusal(shapes_root, tmp_path, 
     row = next(r for r in saved["rows"] if r["group"] == "all" and r["metric"] == "R@1")
     assert row["low"] <= row["diff"] <= row["high"] and row["queries"] == 40
 
+    # rankings files: the queries come from --dataset/--root/--split
+    assert main(["compare", str(a / "rankings.json"), str(b / "rankings.json"), "--dataset", "cir-shapes",
+                 "--root", str(shapes_root), "--split", "test", "--resamples", "200"]) == 0
+    assert "edit:move" in capsys.readouterr().out
+    assert main(["compare", str(a / "rankings.json"), str(b / "rankings.json")]) == 2
+    assert "give --dataset NAME --root DIR" in capsys.readouterr().err
+
     other = _eval(shapes_root, tmp_path, "sum", split="val")
     assert main(["compare", str(a), str(other)]) == 2
     err = capsys.readouterr().err
