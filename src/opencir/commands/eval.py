@@ -5,6 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..encoding.precision import CHOICES as PRECISION_CHOICES
 from . import COMMANDS, Command
 
 
@@ -35,6 +36,8 @@ def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--submission", help="write evaluation-server files (CIRR test1, CIRCO test) to this folder")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
+                        help="encoder compute precision; auto: bf16 on CPUs with native bf16, else fp32")
     parser.add_argument("--cache-dir", default=".cache/features")
     parser.add_argument("--no-analysis", action="store_true", help="skip the shortcut analysis (image-only and "
                         "text-only on the same backbone) and the per-type breakdowns")
@@ -62,7 +65,8 @@ def _run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset, args.root, args.split, **parse_options(args.option))
     keep = bool(args.out or args.submission)
     analysis = bool(args.out) and not args.no_analysis and has_ground_truth(dataset)
-    result = evaluate(method, dataset, args.batch_size, device, args.cache_dir, keep_rankings=keep, analysis=analysis)
+    result = evaluate(method, dataset, args.batch_size, device, args.cache_dir, keep_rankings=keep,
+                      precision=args.precision, analysis=analysis)
     print(json.dumps(result.metrics, indent=2))
     if result.analysis.get("shortcuts"):
         print(format_shortcuts(result.analysis["shortcuts"]))

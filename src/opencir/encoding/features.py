@@ -23,6 +23,7 @@ from ..data.transforms import ImageTransform, build_transform
 from ..data.types import CIRDataset
 from ..masks.layouts import require_mask_file
 from ..methods.base import CIRMethod, Features
+from .precision import autocast
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +82,13 @@ def method_transform(method: CIRMethod, train: bool = False) -> tuple[str, Image
     return name, build_transform(name, b.image_size, b.image_mean, b.image_std)
 
 
-def feature_cache_key(method: CIRMethod, transform_name: str) -> str:
-    """Identifies features: backbone weights, method + config, preprocessing, masks."""
+def feature_cache_key(method: CIRMethod, transform_name: str, precision: str = "fp32") -> str:
+    """Identifies features: backbone weights, method + config, preprocessing, masks and
+    compute precision (fp32 keys are those of caches written before precision existed)."""
+    extra = {} if precision == "fp32" else {"precision": precision}
     payload = json.dumps(
         {
+            **extra,
             "backbone": method.backbone.fingerprint(),
             "method": method.name,
             # the training loss never changes image features: switching it keeps the cache
@@ -113,9 +117,11 @@ def encode_images(
     num_workers: int = 0,
     on_batch: Callable[[list[str], Features], None] | None = None,
     desc: str = "encode images",
+    precision: str = "fp32",
 ) -> FeatureTable | None:
     """Encode ``ids`` with ``method.encode_images``; returns the table, or streams each
-    batch to ``on_batch`` (and returns None) so callers can keep only what they need."""
+    batch to ``on_batch`` (and returns None) so callers can keep only what they need.
+    ``precision`` is a resolved precision (``encoding.precision``); features come back float32."""
     ids = list(dict.fromkeys(ids))
     loader = DataLoader(
         ImageFolderDataset(dataset, ids, transform, method.requirements.needs_masks),
@@ -130,7 +136,8 @@ def encode_images(
     try:
         for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
             masks = batch["masks"].to(device) if "masks" in batch else None
-            feats = method.encode_images(batch["pixels"].to(device), masks)
+            with autocast(precision, device):
+                feats = method.encode_images(batch["pixels"].to(device), masks)
             batch_ids = ids[start : start + batch["pixels"].shape[0]]
             start += len(batch_ids)
             feats = {k: v.detach().float().cpu() for k, v in feats.items()}
@@ -154,6 +161,7 @@ def encode_image_table(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     num_workers: int = 0,
+    precision: str = "fp32",
 ) -> FeatureTable:
     """Encode ``ids`` once; with a frozen image encoder and a ``cache_dir`` the table is
     read from / written to ``cache_dir/<key>/<ids digest>.safetensors``."""
@@ -163,12 +171,12 @@ def encode_image_table(
     transform_name, transform = method_transform(method)
     cache_file = None
     if cache_dir is not None and method.requirements.image_encoder_frozen:
-        key = feature_cache_key(method, transform_name)
+        key = feature_cache_key(method, transform_name, precision)
         cache_file = Path(cache_dir) / key / f"{_ids_digest(ids)}.safetensors"
         if cache_file.is_file():
             log.info("feature cache hit: %s", cache_file)
             return FeatureTable(ids, load_file(str(cache_file)))
-    table = encode_images(method, dataset, ids, transform, batch_size, device, num_workers)
+    table = encode_images(method, dataset, ids, transform, batch_size, device, num_workers, precision=precision)
     assert table is not None
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)

@@ -36,8 +36,12 @@ def paraphrase_robustness(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     cache_dir: str | Path | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Metrics of ``method`` under ``variants`` wordings of every query and their spread."""
+    from ..encoding.precision import resolve_precision
+
+    precision = resolve_precision(precision, device)
     if not has_paraphrases(dataset):
         raise ValueError(f"no paraphraser for dataset {dataset.name!r}; available: {', '.join(PARAPHRASERS.names())}")
     if variants < 2:
@@ -49,7 +53,7 @@ def paraphrase_robustness(
     examples: list[str] = []
     for j in range(variants):
         variant = make(dataset, j)
-        embeddings = embed_part(method, variant, batch_size, device, cache_dir, 0, table)
+        embeddings = embed_part(method, variant, batch_size, device, cache_dir, 0, table, precision=precision)
         table = embeddings.table
         rankings, _, subsets = rank_part(embeddings, protocol.ranking_depth, protocol.exclude_reference,
                                          protocol.uses_subsets)

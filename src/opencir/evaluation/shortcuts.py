@@ -68,10 +68,11 @@ def shortcut_summary(method: Mapping[str, PartScores], image: Mapping[str, PartS
     return {"subset": "composition-only", "rule": RULE, "queries": len(ids), "at": at}
 
 
-def _scores_of(method: CIRMethod, dataset: CIRDataset, batch_size: int, device, cache_dir) -> tuple[dict, dict]:
+def _scores_of(method: CIRMethod, dataset: CIRDataset, batch_size: int, device, cache_dir,
+               precision: str) -> tuple[dict, dict]:
     from .evaluator import evaluate
 
-    result = evaluate(method, dataset, batch_size, device, cache_dir, keep_rankings=True)
+    result = evaluate(method, dataset, batch_size, device, cache_dir, keep_rankings=True, precision=precision)
     return per_query_scores(dataset, result.rankings, result.subset_rankings or None), result.metrics
 
 
@@ -84,6 +85,7 @@ def analyze(
     device: torch.device | str = "cpu",
     cache_dir: str | Path | None = None,
     paraphrase_variants: int = 5,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Breakdowns of ``method``'s rankings and, for composition methods, the shortcut
     analysis with the single-modality baselines on its backbone (their metrics included)
@@ -104,14 +106,15 @@ def analyze(
     baselines = {}
     for name in SINGLE_MODALITY:
         baseline = build_method(name, method.backbone, {"image_transform": method.requirements.image_transform})
-        baselines[name] = _scores_of(baseline, dataset, batch_size, device, cache_dir)
+        baselines[name] = _scores_of(baseline, dataset, batch_size, device, cache_dir, precision)
         b_ids, b_values = _pooled(baselines[name][0])
         out["breakdown"][name] = group_means(b_ids, b_values, groups)
     method.eval()
     out["shortcuts"] = shortcut_summary(scores, baselines["image-only"][0], baselines["text-only"][0])
     out["baselines"] = {name: metrics for name, (_, metrics) in baselines.items()}
     if paraphrase_variants >= 2 and has_paraphrases(dataset):
-        out["paraphrases"] = paraphrase_robustness(method, dataset, paraphrase_variants, batch_size, device, cache_dir)
+        out["paraphrases"] = paraphrase_robustness(method, dataset, paraphrase_variants, batch_size, device, cache_dir,
+                                                   precision)
     return out
 
 

@@ -86,19 +86,22 @@ def finished_shards(build: Path, fingerprint: str) -> list[Shard]:
 
 @torch.no_grad()
 def encode_entries(method: "CIRMethod", catalogue: Catalogue, entries: Sequence[CatalogueEntry],
-                   batch_size: int = 64, device: torch.device | str = "cpu", num_workers: int = 0) -> np.ndarray:
-    """Target embeddings (len(entries), D) float32 of catalogue entries."""
+                   batch_size: int = 64, device: torch.device | str = "cpu", num_workers: int = 0,
+                   precision: str = "fp32") -> np.ndarray:
+    """Target embeddings (len(entries), D) float32 of catalogue entries (``precision`` resolved)."""
     from ..encoding.features import encode_images, method_transform
+    from ..encoding.precision import autocast
 
     parts: list[np.ndarray] = []
 
     def collect(ids: list[str], feats: Mapping[str, torch.Tensor]) -> None:
-        target = method.embed_targets({k: v.to(device) for k, v in feats.items()})
+        with autocast(precision, device):
+            target = method.embed_targets({k: v.to(device) for k, v in feats.items()})
         parts.append(target.float().cpu().numpy())
 
     _, transform = method_transform(method)
     encode_images(method, catalogue.as_dataset(), [e.image_id for e in entries], transform, batch_size,
-                  device, num_workers, on_batch=collect, desc="encode shard")
+                  device, num_workers, on_batch=collect, desc="encode shard", precision=precision)
     return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -114,31 +117,40 @@ def index_catalogue(
     num_workers: int = 0,
     on_shard: Callable[[int], None] | None = None,
     model_dir: str | Path | None = None,
+    precision: str = "fp32",
 ) -> IndexReport:
     """Create ``out_dir`` or add the catalogue's new images to it (resuming a killed job).
 
     ``backend``/``backend_options`` apply when the index is created (default ``exact``);
     an existing index keeps its own. ``on_shard(n)`` is called after shard ``n`` is on disk.
     ``model_dir`` (where ``method`` was loaded from) is recorded so that search and serve
-    can find the model without being told.
+    can find the model without being told. ``precision`` (``fp32``, ``bf16``, ``auto`` ...,
+    see ``encoding.precision``) is the compute precision of the image encoder; it is
+    recorded in the manifest, and shards of a killed job are reused only at the same one.
     """
+    from ..encoding.precision import resolve_precision
+
+    precision = resolve_precision(precision, device)
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     out = Path(out_dir)
     lock = acquire_writer_lock(out)
     try:
         model = model_description(method)
+        model["precision"] = precision
         if model_dir is not None:
             model["directory"] = str(Path(model_dir).resolve())
         return _index_locked(method, catalogue, out, backend, backend_options, shard_size, batch_size,
-                             device, num_workers, on_shard, model)
+                             device, num_workers, on_shard, model, precision)
     finally:
         release_writer_lock(lock)
 
 
 def _index_locked(method, catalogue, out, backend, backend_options, shard_size, batch_size, device,
-                  num_workers, on_shard, model) -> IndexReport:
+                  num_workers, on_shard, model, precision="fp32") -> IndexReport:
     fingerprint = model_fingerprint(method)
+    # shards of a killed job are reused only when encoded by the same model at the same precision
+    job_key = fingerprint if precision == "fp32" else f"{fingerprint}+{precision}"
     store = IndexStore.open(out, writable=True, take_lock=False) if (out / MANIFEST).is_file() else None
     try:
         if store is not None:
@@ -147,9 +159,9 @@ def _index_locked(method, catalogue, out, backend, backend_options, shard_size, 
                 log.warning("%s keeps its %r backend; --backend %s applies to new indexes only",
                             out, store.manifest["backend"]["name"], backend)
         build = out / BUILD
-        shards = finished_shards(build, fingerprint)
+        shards = finished_shards(build, job_key)
         build.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(build / JOB_FILE, {"fingerprint": fingerprint})
+        atomic_write_json(build / JOB_FILE, {"fingerprint": job_key})
         in_shards = {i for s in shards for i in s.ids}
         indexed = {e.image_id for e in catalogue.entries if store is not None and e.image_id in store}
         pending = [e for e in catalogue.entries if e.image_id not in indexed and e.image_id not in in_shards]
@@ -162,7 +174,7 @@ def _index_locked(method, catalogue, out, backend, backend_options, shard_size, 
         with tqdm(total=total, initial=total - len(pending), desc=f"index {out.name}", unit="img", disable=None) as bar:
             for start in range(0, len(pending), shard_size):
                 chunk = pending[start : start + shard_size]
-                vectors = encode_entries(method, catalogue, chunk, batch_size, device, num_workers)
+                vectors = encode_entries(method, catalogue, chunk, batch_size, device, num_workers, precision)
                 vectors_file, ids_file = _shard_paths(build, number)
                 atomic_save_npy(vectors_file, vectors)
                 atomic_write_json(ids_file, {"ids": [e.image_id for e in chunk]})
