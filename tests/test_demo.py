@@ -40,6 +40,12 @@ def test_demo_pipeline_writes_table_plot_grid_and_analysis(tmp_path, monkeypatch
     assert len(metrics["analysis"]["paraphrases"]["variants"]) == 3
     again = run_demo(tmp_path / "demo", SETTINGS, device="cpu")
     assert "pretrain small CLIP" not in again["timings"]
+    evals = tmp_path / "demo" / "evals" / "seed-0"
+    from opencir.cli import main
+
+    capsys.readouterr()
+    assert main(["compare", str(evals / "sum"), str(evals / "clip4cir-combiner"), "--resamples", "200"]) == 0
+    assert "95% CI" in capsys.readouterr().out  # two demo models compared on the same queries
     page = write_report(tmp_path / "demo").read_text()  # the report of a demo folder has every section filled
     assert 'class="missing"' not in page and "clip4cir-stage2" in page and "edit:move" in page
 
