@@ -30,8 +30,9 @@ RULE = ("composition-only@k = queries for which neither image-only (query = the 
 
 
 def is_composition_method(method: CIRMethod) -> bool:
-    """Every method except the single-modality baselines composes image and text."""
-    return method.name not in SINGLE_MODALITY and method.requirements.train_data == "triplets"
+    """Every method except the single-modality baselines composes image and text (zero-shot
+    methods too: they are trained on images alone but compose at query time)."""
+    return method.name not in SINGLE_MODALITY
 
 
 def _pooled(scores: Mapping[str, PartScores]) -> tuple[list[str], dict[str, np.ndarray]]:
