@@ -64,7 +64,7 @@ def _run(args: argparse.Namespace) -> int:
         method = build_method(args.method, BackboneSpec(args.arch, args.pretrained)).to(device).eval()
     dataset = load_dataset(args.dataset, args.root, args.split, **parse_options(args.option))
     keep = bool(args.out or args.submission)
-    analysis = bool(args.out) and not args.no_analysis and has_ground_truth(dataset)
+    analysis = not args.no_analysis and has_ground_truth(dataset)
     result = evaluate(method, dataset, args.batch_size, device, args.cache_dir, keep_rankings=keep,
                       precision=args.precision, analysis=analysis)
     print(json.dumps(result.metrics, indent=2))
