@@ -123,3 +123,53 @@ def test_compare_command_on_two_eval_folders_and_refusal(shapes_root, tmp_path, 
     err = capsys.readouterr().err
     assert "not evaluated under the same protocol" in err and "split: 'test' vs 'val'" in err
     assert "Traceback" not in err
+
+
+def _random_rankings(dataset, seed: int, depth: int | None = None) -> dict[str, list[str]]:
+    """Per part, a random ranking of that part's gallery (whole, or the top ``depth`` + 1),
+    with a target moved near the top for about 30% of the queries."""
+    import random
+
+    rng = random.Random(seed)
+    out = {}
+    for part in dataset.evaluation_parts().values():
+        gallery = list(part.gallery_ids)
+        for t in part.triplets:
+            ids = rng.sample(gallery, min(len(gallery), depth + 1)) if depth else rng.sample(gallery, len(gallery))
+            if t.target_ids and rng.random() < 0.3:
+                if t.target_ids[0] in ids:
+                    ids.remove(t.target_ids[0])
+                ids.insert(rng.randrange(3), t.target_ids[0])
+            out[t.query_id] = ids
+    return out
+
+
+@pytest.mark.skipif(not (ANNOTATIONS / "cirr").is_dir(), reason="real CIRR annotations not present")
+def test_per_query_means_equal_the_official_cirr_metrics_including_rsubset():
+    from dataclasses import replace
+
+    from opencir.evaluation.protocols import evaluate_rankings
+
+    full = load_annotations_only("cirr", ANNOTATIONS / "cirr", "val")
+    dataset = replace(full, triplets=full.triplets[:200])
+    rankings = _random_rankings(dataset, 0)
+    official = evaluate_rankings(dataset, rankings)
+    scores = per_query_scores(dataset, rankings)[""]
+    assert set(scores.values) == set(official) and "Rsubset@1" in official and "Avg" in official
+    for metric, value in official.items():
+        assert scores.values[metric].mean() == pytest.approx(value), metric
+
+
+@pytest.mark.skipif(not (ANNOTATIONS / "fashioniq").is_dir(), reason="real FashionIQ annotations not present")
+def test_fashioniq_comparison_averages_over_categories_like_the_official_table():
+    from opencir.evaluation.protocols import evaluate_rankings
+
+    dataset = load_annotations_only("fashioniq", ANNOTATIONS / "fashioniq", "val")
+    a, b = _random_rankings(dataset, 1, depth=50), _random_rankings(dataset, 2, depth=50)
+    rows = compare_rankings(dataset, a, b, n_resamples=200)
+    official_a, official_b = evaluate_rankings(dataset, a), evaluate_rankings(dataset, b)
+    overall = next(r for r in rows if r.group == "all" and r.metric == "R@10")
+    assert overall.a == pytest.approx(official_a["avg/R@10"]) and overall.b == pytest.approx(official_b["avg/R@10"])
+    dress = next(r for r in rows if r.group == "dress" and r.metric == "R@50")
+    assert dress.a == pytest.approx(official_a["dress/R@50"])
+    assert {r.group for r in rows} == {"all", "dress", "shirt", "toptee"}
