@@ -3,6 +3,7 @@ two runs with the same seed (fresh folders, fresh caches) give identical tables 
 from __future__ import annotations
 
 import json
+import re
 
 import torch
 from safetensors.torch import load_file
@@ -47,7 +48,8 @@ def test_demo_pipeline_writes_table_plot_grid_and_analysis(tmp_path, monkeypatch
     assert main(["compare", str(evals / "sum"), str(evals / "clip4cir-combiner"), "--resamples", "200"]) == 0
     assert "95% CI" in capsys.readouterr().out  # two demo models compared on the same queries
     page = write_report(tmp_path / "demo").read_text()  # the report of a demo folder has every section filled
-    assert 'class="missing"' not in page and "clip4cir-stage2" in page and "edit:move" in page
+    missing = re.findall(r"class=\"missing\">([^<]*)", page)
+    assert not missing and 'data-testid="curves"' in page and "edit:move" in page, missing
 
     # Issue 14 / issue 12 item 11: the whole pipeline from scratch again (new folder, new
     # cache) with the same seed prints the same table from bit-identical weights.
