@@ -94,8 +94,9 @@ def format_table(table: Mapping[str, Mapping[str, float]], metrics: Sequence[str
 def mean_and_std(tables: Sequence[Mapping[str, Mapping[str, float]]]) -> tuple[dict, dict]:
     """Per row and metric, the mean and the sample standard deviation over seeds (0 for one seed)."""
     rows = list(tables[0])
-    mean = {r: {m: statistics.fmean(t[r][m] for t in tables) for m in tables[0][r]} for r in rows}
-    std = {r: {m: statistics.stdev([t[r][m] for t in tables]) if len(tables) > 1 else 0.0 for m in tables[0][r]}
+    names = {r: [m for m, v in tables[0][r].items() if isinstance(v, (int, float))] for r in rows}  # numbers only
+    mean = {r: {m: statistics.fmean(t[r][m] for t in tables) for m in names[r]} for r in rows}
+    std = {r: {m: statistics.stdev([t[r][m] for t in tables]) if len(tables) > 1 else 0.0 for m in names[r]}
            for r in rows}
     return mean, std
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..data.types import CIRDataset, Triplet
-from .protocols import FractionRecallProtocol, has_ground_truth, validate_rankings
+from .protocols import GALLERY_CONVENTION_KEY, FractionRecallProtocol, has_ground_truth, protocol_labels, validate_rankings
 
 Rankings = Mapping[str, Sequence[str]]
 
@@ -172,8 +172,8 @@ def describe_evaluation(dataset: CIRDataset) -> dict[str, Any]:
             "gallery_size": len(part.gallery_ids),
             "queries": len(part.triplets),
         }
-    return {"dataset": dataset.name, "split": dataset.split, "gallery_convention": dataset.info.get("gallery", "default"),
-            "parts": parts}
+    convention = protocol_labels(dataset).get(GALLERY_CONVENTION_KEY, "default")
+    return {"dataset": dataset.name, "split": dataset.split, "gallery_convention": convention, "parts": parts}
 
 
 def protocol_differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:

@@ -107,7 +107,7 @@ def _missing(text: str) -> str:
 
 def _metric_names(table: Mapping[str, Mapping[str, float]]) -> list[str]:
     first = next(iter(table.values()), {})
-    summary = [m for m in first if "/" not in m or m.startswith("avg/")]
+    summary = [m for m, v in first.items() if isinstance(v, (int, float)) and ("/" not in m or m.startswith("avg/"))]
     return summary[:SUMMARY_METRICS]
 
 
