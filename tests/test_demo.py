@@ -31,14 +31,14 @@ def test_demo_pipeline_writes_table_plot_grid_and_analysis(tmp_path, monkeypatch
     out = capsys.readouterr().out
     assert COMBINER_ROW in out and "R@1" in out
     assert list((tmp_path / "cache").glob("small-clip-cirshapes-*.pt"))  # reused by the next run
-    metrics = json.loads((tmp_path / "demo" / "evals" / "seed-0" / "clip4cir-combiner" / "metrics.json").read_text())
-    shortcuts = metrics["analysis"]["shortcuts"]
+    analysis = json.loads((tmp_path / "demo" / "evals" / "seed-0" / "clip4cir-combiner" / "analysis.json").read_text())
+    shortcuts = analysis["shortcuts"]
     assert shortcuts["subset"] == "composition-only" and "neither image-only" in shortcuts["rule"]
     assert set(shortcuts["at"]) == {"R@1", "R@5", "R@10", "R@50"}
-    breakdown = metrics["analysis"]["breakdown"]["clip4cir"]
+    breakdown = analysis["breakdown"]["clip4cir"]
     assert {"edit:add", "edit:remove", "edit:recolour", "edit:resize", "edit:move", "held-out", "seen"} >= set(breakdown)
     assert sum(breakdown[g]["queries"] for g in breakdown if g.startswith("edit:")) == 20
-    assert len(metrics["analysis"]["paraphrases"]["variants"]) == 3
+    assert len(analysis["paraphrases"]["variants"]) == 3
     again = run_demo(tmp_path / "demo", SETTINGS, device="cpu")
     assert "pretrain small CLIP" not in again["timings"]
     evals = tmp_path / "demo" / "evals" / "seed-0"

@@ -1,10 +1,10 @@
 """Evaluation output folders: what ``opencir eval --out`` and the demo write, and what
 ``opencir compare`` and ``opencir report`` read.
 
-Layout: ``metrics.json`` (official metrics, plus ``analysis`` when it ran: shortcut
-analysis and breakdowns), ``rankings.json``, ``subset_rankings.json`` (CIRR) and
-``evaluation.json`` (dataset, root, split, options and the protocol/gallery description
-that comparisons check).
+Layout: ``metrics.json`` (the official metrics, flat), ``analysis.json`` (when it ran:
+shortcut analysis with its subset and rule named, breakdowns, paraphrase robustness),
+``rankings.json``, ``subset_rankings.json`` (CIRR) and ``evaluation.json`` (dataset, root,
+split, options and the protocol/gallery description that comparisons check).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from .compare import describe_evaluation
 from .protocols import read_rankings
 
 EVALUATION_FILE = "evaluation.json"
+ANALYSIS_FILE = "analysis.json"
 
 
 def write_eval_dir(out: str | Path, dataset: CIRDataset, metrics: Mapping[str, float], rankings: Mapping[str, Any],
@@ -26,7 +27,9 @@ def write_eval_dir(out: str | Path, dataset: CIRDataset, metrics: Mapping[str, f
     """Write one evaluation folder; returns it."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({**metrics, **({"analysis": analysis} if analysis else {})}, indent=2))
+    (out / "metrics.json").write_text(json.dumps(dict(metrics), indent=2))
+    if analysis:
+        (out / ANALYSIS_FILE).write_text(json.dumps(analysis, indent=2))
     (out / "rankings.json").write_text(json.dumps(rankings))
     if subset_rankings:  # CIRR: lets `opencir eval-rankings --subset-rankings` reproduce Rsubset
         (out / "subset_rankings.json").write_text(json.dumps(subset_rankings))
@@ -65,8 +68,8 @@ def read_eval_dir(path: str | Path) -> EvalDir:
     try:
         metrics = json.loads((path / "metrics.json").read_text())
         description = json.loads((path / EVALUATION_FILE).read_text()) if (path / EVALUATION_FILE).is_file() else {}
+        analysis = json.loads((path / ANALYSIS_FILE).read_text()) if (path / ANALYSIS_FILE).is_file() else {}
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: malformed JSON ({err})") from None
-    analysis = metrics.pop("analysis", {}) if isinstance(metrics, dict) else {}
     subsets = read_rankings(path / "subset_rankings.json") if (path / "subset_rankings.json").is_file() else None
     return EvalDir(path, metrics, analysis, read_rankings(path / "rankings.json"), subsets, description)
