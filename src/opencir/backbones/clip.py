@@ -178,6 +178,13 @@ def _build_open_clip(spec: BackboneSpec) -> tuple[nn.Module, Any, bool | None]:
     return model, tokenizer, quick
 
 
+def count_tokens(tokenizer: Any, text: str) -> int:
+    """Tokens of ``text`` with start and end tokens, untruncated, for a CLIP-style tokenizer
+    called as ``tokenizer([text], context_length=L)`` (zero-padded rows)."""
+    ids = tokenizer([text], context_length=len(text.encode("utf-8")) + 8)[0]
+    return int(ids.nonzero().max()) + 1  # the end token is the last non-padding one
+
+
 class ClipBackbone(nn.Module):
     """A CLIP image/text encoder pair with the feature taps CIR methods need."""
 

@@ -37,7 +37,9 @@ import torch
 from torch import nn
 
 from ..backbones import ClipBackbone
+from ..backbones.clip import count_tokens
 from ..data.types import ZERO_SHOT_PROMPT_KEY
+from ..losses import batch_gather
 from .base import CIRMethod, Features, MethodConfig, Requirements, in_batch_cross_entropy, normalize
 from .official import match_official_activation, read_official_checkpoint, strip_module_prefix
 
@@ -214,6 +216,12 @@ class PseudoWordMethod(CIRMethod):
         """Token ids (B, L) on the model's device, with this method's tokenizer."""
         return self.tokenizer(list(texts), context_length=self.backbone.context_length).to(self._device)
 
+    def text_token_count(self, text: str) -> int:
+        """Tokens of the prompt ``encode_texts`` builds from ``text`` (start and end included),
+        untruncated: what the query side checks against the context length."""
+        prompt = text if self.placeholder in text else render_prompt(self.config.default_prompt, self.placeholder, text)
+        return count_tokens(self.tokenizer, prompt)
+
     def placeholder_positions(self, token_ids: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         """Index of the first placeholder token per row (B,); fails naming a text without one."""
         hits = token_ids == self.placeholder_id
@@ -263,6 +271,7 @@ class PseudoWordMethod(CIRMethod):
         eot = self.backbone.eot_positions(ids)
         text = normalize(self.encode_with_pseudo(ids, pseudo, eot, insert=True))
         vision = normalize(image["pooled"])
+        vision, text = batch_gather(batch)(vision, text)  # the global batch under data parallelism
         scale = self.backbone.logit_scale.detach().clamp(max=MAX_LOGIT_SCALE)
         image_to_text = in_batch_cross_entropy(vision, text, scale)
         text_to_image = in_batch_cross_entropy(text, vision, scale)

@@ -15,7 +15,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from .retriever import MASK_KEY
 from .store import MANIFEST, IndexStore, acquire_writer_lock, model_description, model_fingerprint, release_writer_lock
 
 if TYPE_CHECKING:
+    from ..encoding.features import Sharding
     from ..methods.base import CIRMethod
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ def index_catalogue(
     on_shard: Callable[[int], None] | None = None,
     model_dir: str | Path | None = None,
     precision: str = "fp32",
+    sharding: "Sharding | None" = None,
 ) -> IndexReport:
     """Create ``out_dir`` or add the catalogue's new images to it (resuming a killed job).
 
@@ -127,6 +129,9 @@ def index_catalogue(
     can find the model without being told. ``precision`` (``fp32``, ``bf16``, ``auto`` ...,
     see ``encoding.precision``) is the compute precision of the image encoder; it is
     recorded in the manifest, and shards of a killed job are reused only at the same one.
+    With a ``sharding`` of several ranks (every rank calls this, e.g. ``opencir index``
+    under torchrun) the shards are encoded across ranks and rank 0 alone writes them and
+    commits: the index equals a single-process one.
     """
     from ..encoding.precision import resolve_precision
 
@@ -134,20 +139,79 @@ def index_catalogue(
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     out = Path(out_dir)
-    lock = acquire_writer_lock(out)
+    sharded = sharding is not None and sharding.world_size > 1
+    if sharded and sharding.rank != 0:
+        return _index_follower(method, catalogue, sharding, batch_size, device, num_workers, precision)
     try:
-        model = model_description(method)
-        model["precision"] = precision
-        if model_dir is not None:
-            model["directory"] = str(Path(model_dir).resolve())
-        return _index_locked(method, catalogue, out, backend, backend_options, shard_size, batch_size,
-                             device, num_workers, on_shard, model, precision)
-    finally:
-        release_writer_lock(lock)
+        lock = acquire_writer_lock(out)
+        try:
+            model = model_description(method)
+            model["precision"] = precision
+            if model_dir is not None:
+                model["directory"] = str(Path(model_dir).resolve())
+            report = _index_locked(method, catalogue, out, backend, backend_options, shard_size, batch_size,
+                                   device, num_workers, on_shard, model, precision, sharding if sharded else None)
+        finally:
+            release_writer_lock(lock)
+    except Exception as err:
+        if sharded:  # the other ranks wait for a plan or the report: tell them why there is none
+            _send(sharding, ("error", f"rank 0: {err}"))
+        raise
+    if sharded:
+        _send(sharding, ("report", report))
+    return report
+
+
+# ------------------------------------------------------------ sharded encoding
+def _send(sharding: "Sharding", message: Any) -> Any:
+    """Rank 0's ``message`` on every rank (a collective)."""
+    return sharding.all_gather_object(message if sharding.rank == 0 else None)[0]
+
+
+def _receive(sharding: "Sharding", expected: str) -> Any:
+    kind, payload = _send(sharding, None)
+    if kind == "error":
+        raise ValueError(payload)
+    if kind != expected:  # pragma: no cover - a protocol bug
+        raise RuntimeError(f"expected {expected!r} from rank 0, got {kind!r}")
+    return payload
+
+
+def _encode_work(method: "CIRMethod", catalogue: Catalogue, work: Sequence[tuple[int, Sequence[CatalogueEntry]]],
+                 batch_size: int, device: torch.device | str, num_workers: int, precision: str,
+                 sharding: "Sharding | None") -> Iterator[tuple[int, Sequence[CatalogueEntry], np.ndarray]]:
+    """(number, entries, vectors) of every work item, in order (on rank 0 only when sharded:
+    rank r encodes items r, r + W, ... and rank 0 receives them, one round of W at a time)."""
+    if sharding is None:
+        for number, chunk in work:
+            yield number, chunk, encode_entries(method, catalogue, chunk, batch_size, device, num_workers, precision)
+        return
+    world = sharding.world_size
+    for start in range(0, len(work), world):
+        round_ = work[start:start + world]
+        mine = round_[sharding.rank] if sharding.rank < len(round_) else None
+        vectors = (encode_entries(method, catalogue, mine[1], batch_size, device, num_workers, precision)
+                   if mine else None)
+        gathered = sharding.all_gather_object(vectors)
+        if sharding.rank == 0:
+            for (number, chunk), rank_vectors in zip(round_, gathered):
+                yield number, chunk, rank_vectors
+
+
+def _index_follower(method: "CIRMethod", catalogue: Catalogue, sharding: "Sharding", batch_size: int,
+                    device: torch.device | str, num_workers: int, precision: str) -> IndexReport:
+    """A rank other than 0: encode this rank's share of rank 0's plan, return rank 0's report."""
+    entries = {e.image_id: e for e in catalogue.entries}
+    plan = _receive(sharding, "plan")
+    work = [(number, [entries[i] for i in ids]) for number, ids in plan]
+    method.eval()
+    for _ in _encode_work(method, catalogue, work, batch_size, device, num_workers, precision, sharding):
+        pass
+    return _receive(sharding, "report")
 
 
 def _index_locked(method, catalogue, out, backend, backend_options, shard_size, batch_size, device,
-                  num_workers, on_shard, model, precision="fp32") -> IndexReport:
+                  num_workers, on_shard, model, precision="fp32", sharding=None) -> IndexReport:
     fingerprint = model_fingerprint(method)
     # shards of a killed job are reused only when encoded by the same model at the same precision
     job_key = fingerprint if precision == "fp32" else f"{fingerprint}+{precision}"
@@ -171,10 +235,12 @@ def _index_locked(method, catalogue, out, backend, backend_options, shard_size, 
         number = max((s.number for s in shards), default=-1) + 1
         method.eval()
         total = len(catalogue.entries) - len(indexed)
+        work = [(number + i, pending[start : start + shard_size]) for i, start in enumerate(range(0, len(pending), shard_size))]
+        if sharding is not None:
+            _send(sharding, ("plan", [(n, [e.image_id for e in chunk]) for n, chunk in work]))
         with tqdm(total=total, initial=total - len(pending), desc=f"index {out.name}", unit="img", disable=None) as bar:
-            for start in range(0, len(pending), shard_size):
-                chunk = pending[start : start + shard_size]
-                vectors = encode_entries(method, catalogue, chunk, batch_size, device, num_workers, precision)
+            for number, chunk, vectors in _encode_work(method, catalogue, work, batch_size, device, num_workers,
+                                                       precision, sharding):
                 vectors_file, ids_file = _shard_paths(build, number)
                 atomic_save_npy(vectors_file, vectors)
                 atomic_write_json(ids_file, {"ids": [e.image_id for e in chunk]})
@@ -182,7 +248,6 @@ def _index_locked(method, catalogue, out, backend, backend_options, shard_size, 
                 bar.update(len(chunk))
                 if on_shard is not None:
                     on_shard(number)
-                number += 1
         store, added = _commit_shards(store, shards, catalogue, out, fingerprint, model, backend, backend_options)
         shutil.rmtree(build, ignore_errors=True)
         return IndexReport(out, added, len(indexed), len(shards) - reused, reused, len(store))
