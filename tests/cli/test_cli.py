@@ -54,6 +54,8 @@ def test_eval_baseline_writes_metrics_and_pictures(shapes_root, tmp_path, capsys
         json.loads((shapes_root / "val.json").read_text())["gallery"])
     assert provenance["gallery"]["convention"] == "official" and provenance["gallery"]["reference_excluded"] is False
     assert provenance["opencir_version"] == opencir.__version__ and provenance["date"].startswith("20")
+    analysis = json.loads((out / "analysis.json").read_text())  # sum composes image and text: shortcut analysis
+    assert analysis["shortcuts"]["subset"] == "composition-only" and "neither image-only" in analysis["shortcuts"]["rule"]
     assert (out / "metrics.png").stat().st_size > 0 and (out / "retrieval_grid.png").stat().st_size > 0
     rankings = json.loads((out / "rankings.json").read_text())
     assert len(rankings) == 40 and all(len(r) == 50 for r in rankings.values())
