@@ -106,7 +106,7 @@ async def run_load(base: str, clients: int, total: int, seed: int) -> list[dict[
     async with httpx.AsyncClient(base_url=base, timeout=60) as probe:
         gallery = (await probe.get("/v1/gallery", params={"limit": 200})).json()["items"]
         uploads = [(await probe.get(item["thumbnail_url"])).content for item in gallery[:10]]
-    ids = [item["id"] for item in gallery]
+    ids = [item["image_id"] for item in gallery]
     counter = iter(range(total))
     records: list[dict[str, Any]] = []
 
@@ -138,7 +138,7 @@ async def run_load(base: str, clients: int, total: int, seed: int) -> list[dict[
                     if kind != "thumbnail" and status == 200:
                         body = response.json()
                         if body["results"]:
-                            session = (body["session_id"], rng.choice(body["results"])["id"])
+                            session = (body["session_id"], rng.choice(body["results"])["image_id"])
                 except httpx.HTTPError as err:
                     status = f"{type(err).__name__}"
                 records.append({"kind": kind, "status": status, "seconds": time.perf_counter() - start})

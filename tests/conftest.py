@@ -9,9 +9,9 @@ import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+from annotation_files import ANNOTATIONS  # noqa: E402,F401  (re-exported; shipped in tests/fixtures/annotations)
+
 REPO = Path(__file__).resolve().parents[1]
-ANNOTATIONS = Path(os.environ.get("OPENCIR_ANNOTATIONS", REPO.parent / "shared" / "data" / "annotations"))
-"""The real benchmark annotation files (../shared/data/annotations next to the checkout)."""
 
 
 @pytest.fixture(scope="session")

@@ -45,3 +45,71 @@ def test_every_extra_demo_method_has_a_cirshapes_recipe():
     for name in EXTRA_METHODS:
         assert f"{name}-cirshapes" in list_recipes()
         assert load_run_config(f"{name}-cirshapes").method == name
+
+
+def test_licence_citation_changelog_and_classifiers():
+    import tomllib
+
+    import yaml
+
+    import opencir
+
+    licence = (REPO / "LICENSE").read_text()
+    assert "Apache License" in licence and "Version 2.0, January 2004" in licence
+    assert "END OF TERMS AND CONDITIONS" in licence  # the full text, not a pointer to it
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["license"]["text"] == "Apache-2.0"
+    assert "License :: OSI Approved :: Apache Software License" in project["classifiers"]
+    assert any(c.startswith("Programming Language :: Python :: 3.") for c in project["classifiers"])
+    citation = yaml.safe_load((REPO / "CITATION.cff").read_text())
+    assert citation["cff-version"] == "1.2.0" and citation["license"] == "Apache-2.0"
+    assert str(citation["version"]) == project["version"] == opencir.__version__
+    assert "## [Unreleased]" in (REPO / "CHANGELOG.md").read_text()
+    assert "mkdocs" in " ".join(project["optional-dependencies"]["docs"])
+
+
+def test_annotation_files_ship_with_their_licences():
+    from annotation_files import SHIPPED
+
+    notice = (SHIPPED / "NOTICE.md").read_text()
+    assert "CC BY-NC 4.0" in notice and "non-commercial" in notice
+    for folder in ("cirr", "circo", "imagenet_r"):
+        assert (SHIPPED / folder / "LICENSE").stat().st_size > 500, folder
+    assert "NonCommercial" in (SHIPPED / "circo" / "LICENSE").read_text()
+    for path in ("cirr/captions/cap.rc2.val.json", "fashioniq/captions/cap.dress.val.json",
+                 "shoes/relative_captions_shoes.json", "circo/annotations/val.json", "imagenet_r/imgnet_targets.txt"):
+        assert (SHIPPED / path).stat().st_size > 1000, path
+
+
+def test_nothing_reads_outside_the_repository():
+    """The suite must pass on a fresh clone: no test or module refers to a sibling folder."""
+    offenders = []
+    for path in [*(REPO / "tests").rglob("*.py"), *(REPO / "src").rglob("*.py"), REPO / ".ci" / "run"]:
+        if path == Path(__file__).resolve():
+            continue
+        text = path.read_text()
+        if re.search(r"""["']shared["']\s*/|\.\./shared|parents\[[3-9]\]""", text):
+            offenders.append(str(path.relative_to(REPO)))
+    assert not offenders, offenders
+
+
+def test_loader_tests_pass_from_a_copy_without_siblings(tmp_path):
+    """Copy the tests and sources into an empty folder (no ../shared next to it) and run a
+    loader test there, with the override variable unset."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "fresh" / "opencir"
+    shutil.copytree(REPO / "src", copy / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(REPO / "tests", copy / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", copy / "pyproject.toml")
+    assert not (copy.parent.parent / "shared").exists() and not (copy.parent / "shared").exists()
+    env = {k: v for k, v in os.environ.items() if k != "OPENCIR_ANNOTATIONS"}
+    env.update(PYTHONPATH=str(copy / "src"), OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "tests/data/test_circo.py", "tests/data/test_shoes.py"],
+                            cwd=copy, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert " passed" in result.stdout and "skipped" not in result.stdout

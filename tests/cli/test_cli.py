@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+import opencir
+
 from opencir.backbones import BackboneSpec
 from opencir.cli import main
 from opencir.methods.io import build_method, save_model
@@ -38,8 +40,20 @@ def test_eval_baseline_writes_metrics_and_pictures(shapes_root, tmp_path, capsys
     assert main(["eval", "--method", "sum", "--arch", "tiny-vit", "--pretrained", "", "--dataset", "cir-shapes",
                  "--root", str(shapes_root), "--split", "val", "--out", str(out), "--plots", "--device", "cpu",
                  "--cache-dir", str(tmp_path / "cache")]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"R@1", "R@5", "R@10", "R@50"}
+    printed = capsys.readouterr()
+    record = json.loads((out / "metrics.json").read_text())
+    assert set(record["metrics"]) == {"R@1", "R@5", "R@10", "R@50"}
+    assert json.loads(printed.out) == record["metrics"]  # stdout is pure JSON; "wrote ..." goes to stderr
+    assert f"wrote {out}" in printed.err
+    provenance = record["provenance"]
+    assert provenance["model"]["method"] == "sum" and provenance["model"]["directory"] is None
+    assert len(provenance["model"]["fingerprint"]) == 20
+    assert provenance["dataset"] == {"name": "cir-shapes", "root": str(shapes_root.resolve()), "split": "val",
+                                     "options": {}}
+    assert provenance["queries"] == 40 and provenance["gallery"]["size"] == len(
+        json.loads((shapes_root / "val.json").read_text())["gallery"])
+    assert provenance["gallery"]["convention"] == "official" and provenance["gallery"]["reference_excluded"] is False
+    assert provenance["opencir_version"] == opencir.__version__ and provenance["date"].startswith("20")
     analysis = json.loads((out / "analysis.json").read_text())  # sum composes image and text: shortcut analysis
     assert analysis["shortcuts"]["subset"] == "composition-only" and "neither image-only" in analysis["shortcuts"]["rule"]
     assert (out / "metrics.png").stat().st_size > 0 and (out / "retrieval_grid.png").stat().st_size > 0

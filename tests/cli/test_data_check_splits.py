@@ -3,14 +3,12 @@ splits (read after every reader registered them), e.g. CIRCO's val and test."""
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 from opencir.cli import main
 from opencir.data.check import dataset_splits, write_placeholder_images
 from opencir.data.circo import coco_file_name
 
-ANN = Path(os.environ.get("OPENCIR_ANNOTATIONS", Path(__file__).resolve().parents[3] / "shared" / "data" / "annotations"))
+from annotation_files import ANNOTATIONS as ANN  # tests/annotation_files.py
 
 
 def test_split_lists_come_from_the_readers():

@@ -30,7 +30,9 @@ def test_metrics_json_names_the_convention(tmp_path, capsys, gallery, expected):
     assert main(["eval", "--method", "sum", "--arch", "tiny-vit", "--pretrained", "", "--dataset", "fashioniq",
                  "--root", str(root), "--split", "val", "--option", "category=dress", "--option", f"gallery={gallery}",
                  "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--plots"]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
+    record = json.loads((out / "metrics.json").read_text())
+    metrics = record["metrics"]
+    assert record["provenance"]["gallery"]["convention"] == expected
     assert metrics["gallery_convention"] == expected and set(metrics) == {"R@1", "R@10", "R@50", "Avg", "gallery_convention"}
     assert f'"gallery_convention": "{expected}"' in capsys.readouterr().out
     assert main(["eval-rankings", "fashioniq", "--root", str(root), "--split", "val", "--rankings", str(out / "rankings.json"),

@@ -124,8 +124,10 @@ def test_official_file_imports_through_the_cli_and_evaluates(name, config, quick
     metrics_dir = tmp_path / "eval"
     assert main(["eval", "--model", str(out), "--dataset", "cir-shapes", "--root", str(shapes_root), "--split", "val",
                  "--device", "cpu", "--batch-size", "16", "--cache-dir", str(tmp_path / "cache"), "--out", str(metrics_dir)]) == 0
-    metrics = json.loads((metrics_dir / "metrics.json").read_text())
+    record = json.loads((metrics_dir / "metrics.json").read_text())
+    metrics = record["metrics"]
     assert set(metrics) == {"R@1", "R@5", "R@10", "R@50"} and all(0 <= v <= 100 for v in metrics.values())
+    assert record["provenance"]["model"]["directory"] == str(out.resolve())
 
 
 def test_wrong_activation_is_corrected_and_forced_mismatch_refused(tmp_path, capsys, caplog):
@@ -148,8 +150,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     def error(argv):
         assert main(argv) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1
-        return err
+        lines = err.strip().splitlines()  # one error line, after any warning the run logged; no traceback
+        assert lines[-1].startswith("opencir: error:") and all(l.startswith("warning: ") for l in lines[:-1]), lines
+        return lines[-1]
 
     assert "not found" in error(["import-checkpoint", "--method", "tg-cir", str(tmp_path / "missing.pt"),
                                  "--out", str(tmp_path / "o"), "--arch", "tiny-vit"])

@@ -1,8 +1,6 @@
 """CIRCO: real val/test annotations, gallery from the COCO image info file, mAP, submission."""
 from __future__ import annotations
 
-import os
-
 import json
 from pathlib import Path
 
@@ -14,7 +12,9 @@ from opencir.data.circo import coco_file_name
 from opencir.data.submission import circo_submission, write_circo_submission
 from opencir.evaluation.protocols import evaluate_rankings
 
-ANN = Path(os.environ.get("OPENCIR_ANNOTATIONS", Path(__file__).resolve().parents[3] / "shared" / "data" / "annotations")) / "circo" / "annotations"
+from annotation_files import ANNOTATIONS  # tests/annotation_files.py
+
+ANN = ANNOTATIONS / "circo" / "annotations"
 INFO = Path("COCO2017_unlabeled") / "annotations" / "image_info_unlabeled2017.json"
 
 

@@ -1,8 +1,6 @@
 """CIRR: the real rc2 annotation files, layout tolerance, errors, metrics and submission."""
 from __future__ import annotations
 
-import os
-
 import json
 from pathlib import Path
 
@@ -15,7 +13,9 @@ from opencir.data.submission import cirr_submission, write_cirr_submission
 from opencir.evaluation.protocols import evaluate_rankings
 from opencir.masks.layouts import require_mask_file
 
-ANN = Path(os.environ.get("OPENCIR_ANNOTATIONS", Path(__file__).resolve().parents[3] / "shared" / "data" / "annotations")) / "cirr"
+from annotation_files import ANNOTATIONS  # tests/annotation_files.py
+
+ANN = ANNOTATIONS / "cirr"
 
 
 @pytest.fixture(scope="module")

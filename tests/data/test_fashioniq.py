@@ -1,8 +1,6 @@
 """FashionIQ: real annotation files, both gallery conventions, caption policies, metrics."""
 from __future__ import annotations
 
-import os
-
 import json
 import random
 from pathlib import Path
@@ -14,7 +12,9 @@ from opencir.data.captions import apply_caption_policy
 from opencir.data.check import AnnotationError, LayoutError, write_placeholder_images
 from opencir.evaluation.protocols import evaluate_rankings
 
-ANN = Path(os.environ.get("OPENCIR_ANNOTATIONS", Path(__file__).resolve().parents[3] / "shared" / "data" / "annotations")) / "fashioniq"
+from annotation_files import ANNOTATIONS  # tests/annotation_files.py
+
+ANN = ANNOTATIONS / "fashioniq"
 VAL_QUERIES = {"dress": 2017, "shirt": 2038, "toptee": 1961}
 FULL_VAL = {"dress": 3817, "shirt": 6346, "toptee": 5373}  # lines of split.<cat>.val.json
 VAL_SPLIT = {"dress": 2628, "shirt": 3089, "toptee": 2902}  # distinct ids of the val triplets

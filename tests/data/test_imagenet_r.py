@@ -1,8 +1,6 @@
 """ImageNet domain conversion (Pic2Word): the real query/target lists, labels, fraction recall."""
 from __future__ import annotations
 
-import os
-
 from collections import Counter
 from pathlib import Path
 
@@ -12,7 +10,9 @@ from opencir.data import load_dataset
 from opencir.data.check import AnnotationError, LayoutError, write_placeholder_images
 from opencir.evaluation.protocols import evaluate_rankings
 
-ANN = Path(os.environ.get("OPENCIR_ANNOTATIONS", Path(__file__).resolve().parents[3] / "shared" / "data" / "annotations")) / "imagenet_r"
+from annotation_files import ANNOTATIONS  # tests/annotation_files.py
+
+ANN = ANNOTATIONS / "imagenet_r"
 EPS = 1e-5
 
 

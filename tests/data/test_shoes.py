@@ -1,8 +1,6 @@
 """Shoes: real annotation files (split by the image lists), nested image folders, metrics."""
 from __future__ import annotations
 
-import os
-
 import json
 import re
 from pathlib import Path
@@ -13,7 +11,9 @@ from opencir.data import load_dataset
 from opencir.data.check import AnnotationError, LayoutError, write_placeholder_images
 from opencir.evaluation.protocols import evaluate_rankings
 
-ANN = Path(os.environ.get("OPENCIR_ANNOTATIONS", Path(__file__).resolve().parents[3] / "shared" / "data" / "annotations")) / "shoes"
+from annotation_files import ANNOTATIONS  # tests/annotation_files.py
+
+ANN = ANNOTATIONS / "shoes"
 FILES = ("relative_captions_shoes.json", "train_im_names.txt", "eval_im_names.txt", "captions_shoes.json")
 
 

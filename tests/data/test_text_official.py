@@ -1,7 +1,7 @@
 """The exact query text each method's official code builds, on real annotation records.
 
 Every expected string below was written by hand: the raw record was read from the JSON
-files in ../shared/data/annotations and the official rule applied on paper:
+files in tests/fixtures/annotations and the official rule applied on paper:
 
 * Pic2Word / Context-I2W ``src/data.py``: ``'a photo of * , {} and {}'.format(cap2, cap1)``
   on the raw FashionIQ captions (Context-I2W writes ``<|replace|>`` for ``*``); CIRR:
@@ -19,7 +19,6 @@ word after cleaning, exactly where the official code applies it.
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from opencir.data.check import write_placeholder_images
 from opencir.evaluation.protocols import evaluate_rankings
 from opencir.methods.io import build_method
 
-ANNOTATIONS = Path(os.environ.get("OPENCIR_ANNOTATIONS", Path(__file__).resolve().parents[3] / "shared" / "data" / "annotations"))
+from annotation_files import ANNOTATIONS  # tests/annotation_files.py
 RNG = random.Random(0)
 
 # test dictionaries (word -> correction), in the official file format

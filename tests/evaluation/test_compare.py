@@ -3,7 +3,6 @@ p-values, per-group rows, and refusal of results made under different protocols.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from opencir.evaluation.compare import (
     per_query_scores)
 from opencir.evaluation.protocols import RecallProtocol
 
-ANNOTATIONS = Path(os.environ.get("OPENCIR_ANNOTATIONS", Path(__file__).resolve().parents[3] / "shared" / "data" / "annotations"))
+from annotation_files import ANNOTATIONS  # tests/annotation_files.py
 
 
 def _dataset(n_queries: int, gallery: int = 60) -> CIRDataset:

@@ -26,7 +26,7 @@ def test_index_then_search_by_id_and_image(tmp_path, capsys, model_dir, image_fo
     assert main(["search", "--index", str(out), "--model", str(model_dir), "--image", str(image_folder / "img003.png"),
                  "--text", "make it red", "-k", "3", "--device", "cpu"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["rank", "score", "id", "path"] and len(table) == 4
+    assert table[0].split() == ["rank", "score", "image_id", "path"] and len(table) == 4
     assert table[1].split()[0] == "1"
 
     assert main(["index", "--out", str(out), "--delete", "img000", "--delete", "img001"]) == 0

@@ -35,7 +35,7 @@ def png_bytes(size=(32, 32), mode="RGB", colour=(200, 30, 30)) -> bytes:
 
 
 def first_ids(client, n=3) -> list[str]:
-    return [item["id"] for item in client.get(f"/v1/gallery?limit={n}").json()["items"]]
+    return [item["image_id"] for item in client.get(f"/v1/gallery?limit={n}").json()["items"]]
 
 
 def test_health_info_and_openapi(client, served_index):
@@ -56,9 +56,9 @@ def test_json_search_matches_the_python_api(client, retriever):
     assert response.status_code == 200
     body = response.json()
     expected = retriever.search(ref, "make the triangle red", k=7)
-    assert [r["id"] for r in body["results"]] == [h.image_id for h in expected.hits]
+    assert [r["image_id"] for r in body["results"]] == [h.image_id for h in expected.hits]
     assert [r["score"] for r in body["results"]] == pytest.approx([h.score for h in expected.hits], abs=1e-5)
-    assert ref not in [r["id"] for r in body["results"]] and body["turn"] == 1 and body["reference_id"] == ref
+    assert ref not in [r["image_id"] for r in body["results"]] and body["turn"] == 1 and body["reference_id"] == ref
     assert body["results"][0]["metadata"]["caption"]  # the manifest's caption column
     thumb = client.get(body["results"][0]["thumbnail_url"])
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
@@ -72,20 +72,20 @@ def test_multipart_upload_and_ref_id(client, retriever, shapes_root):
                            data={"text": "add a blue circle", "k": "5"})
     assert response.status_code == 200, response.text
     expected = retriever.search(Image.open(io.BytesIO(data)), "add a blue circle", k=5)
-    assert [r["id"] for r in response.json()["results"]] == [h.image_id for h in expected.hits]
+    assert [r["image_id"] for r in response.json()["results"]] == [h.image_id for h in expected.hits]
     assert response.json()["reference_id"] is None
     by_id = client.post("/v1/search", files={"ref_id": (None, image_id)}, data={"text": "add a blue circle", "k": "5"})
-    assert by_id.status_code == 200 and image_id not in [r["id"] for r in by_id.json()["results"]]
+    assert by_id.status_code == 200 and image_id not in [r["image_id"] for r in by_id.json()["results"]]
 
 
 def test_multi_turn_refinement(client):
     ref = first_ids(client, 1)[0]
     first = client.post("/v1/search", json={"ref_id": ref, "text": "make it bigger", "k": 5}).json()
-    chosen = first["results"][2]["id"]
+    chosen = first["results"][2]["image_id"]
     second = client.post("/v1/search", json={"ref_id": chosen, "text": "move it left", "k": 5,
                                              "session_id": first["session_id"]}).json()
     assert second["turn"] == 2 and second["session_id"] == first["session_id"] and second["excluded"] == 6
-    assert not {r["id"] for r in first["results"]} & {r["id"] for r in second["results"]}
+    assert not {r["image_id"] for r in first["results"]} & {r["image_id"] for r in second["results"]}
     missing = client.post("/v1/search", json={"ref_id": ref, "text": "x", "session_id": "nope"})
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_session"
 
@@ -145,10 +145,10 @@ def test_bad_image_and_gallery_requests(client, path, status, code):
 def test_gallery_paging_and_filter(client):
     page = client.get("/v1/gallery?offset=130&limit=10").json()
     assert page["total"] == 136 and len(page["items"]) == 6
-    every = [item["id"] for item in client.get("/v1/gallery?limit=200").json()["items"]]
+    every = [item["image_id"] for item in client.get("/v1/gallery?limit=200").json()["items"]]
     needle = every[7][-2:]
     filtered = client.get(f"/v1/gallery?q={needle}").json()
-    assert [item["id"] for item in filtered["items"]] == [i for i in every if needle in i]
+    assert [item["image_id"] for item in filtered["items"]] == [i for i in every if needle in i]
     assert filtered["total"] == len(filtered["items"]) >= 1
 
 
@@ -176,7 +176,7 @@ def test_web_page_and_static_files_ship_with_the_package(client):
 
 
 def test_real_server_under_concurrent_requests(live_server):
-    ids = [item["id"] for item in httpx.get(f"{live_server}/v1/gallery?limit=8").json()["items"]]
+    ids = [item["image_id"] for item in httpx.get(f"{live_server}/v1/gallery?limit=8").json()["items"]]
 
     def one(i: int) -> int:
         with httpx.Client(base_url=live_server, timeout=30) as http:

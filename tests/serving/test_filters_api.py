@@ -31,7 +31,7 @@ def test_json_and_multipart_filters(client, captions):
     response = client.post("/v1/search", json={"ref_id": reference, "text": "make it blue", "k": 50,
                                                "filter": {"caption": sorted(wanted)}})
     assert response.status_code == 200, response.text
-    found = [hit["id"] for hit in response.json()["results"]]
+    found = [hit["image_id"] for hit in response.json()["results"]]
     expected = {i for i, c in captions.items() if c in wanted} - {reference}
     assert set(found) == expected and all(hit["metadata"]["caption"] in wanted for hit in response.json()["results"])
 
@@ -41,7 +41,7 @@ def test_json_and_multipart_filters(client, captions):
                            data={"text": "add a circle", "k": "50", "filter": json.dumps({"caption": captions[ids[1]]}),
                                  "target_recall": "0.9"})
     assert response.status_code == 200, response.text
-    assert {hit["id"] for hit in response.json()["results"]} == {i for i, c in captions.items() if c == captions[ids[1]]}
+    assert {hit["image_id"] for hit in response.json()["results"]} == {i for i, c in captions.items() if c == captions[ids[1]]}
 
 
 @pytest.mark.parametrize("body, message", [
@@ -70,7 +70,7 @@ def test_batch_queries_carry_their_own_filters(client, captions):
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     for result, caption in zip(results[:2], (first, second)):
-        assert {h["id"] for h in result["results"]} == {i for i, c in captions.items() if c == caption} - {ids[0]}
+        assert {h["image_id"] for h in result["results"]} == {i for i, c in captions.items() if c == caption} - {ids[0]}
     assert len(results[2]["results"]) == 3
     bad = client.post("/v1/search/batch", json={"queries": [body["queries"][0], {**body["queries"][1], "filter": {"x": {}}}]})
     assert bad.status_code == 422 and "queries[1]" in bad.json()["error"]["message"]

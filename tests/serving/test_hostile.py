@@ -36,7 +36,7 @@ def client(served_index):
 
 
 def gallery_ids(client, n=4) -> list[str]:
-    return [item["id"] for item in client.get(f"/v1/gallery?limit={n}").json()["items"]]
+    return [item["image_id"] for item in client.get(f"/v1/gallery?limit={n}").json()["items"]]
 
 
 def encoded_queries(client) -> int:

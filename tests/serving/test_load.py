@@ -93,7 +93,7 @@ async def run_mix(base: str, ids: list[str], upload: bytes, clients: int, per_cl
 
 def test_mixed_valid_and_hostile_load_has_zero_5xx(live_server, shapes_root):
     gallery = httpx.get(f"{live_server}/v1/gallery?limit=20").json()["items"]
-    ids = [item["id"] for item in gallery]
+    ids = [item["image_id"] for item in gallery]
     upload = (shapes_root / "images" / f"{ids[0]}.png").read_bytes()
     records = asyncio.run(run_mix(live_server, ids, upload, clients=8, per_client=25))
     kinds = request_kinds(ids, upload)

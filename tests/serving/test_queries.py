@@ -123,7 +123,7 @@ def test_http_cli_and_python_give_the_same_ranking(client, retriever, served_ind
     assert main(["search", "--index", str(served_index[0]), "--query", json.dumps(spec_json), "-k", "6", "--json"]) == 0
     cli = json.loads(capsys.readouterr().out)
     expected = [h.image_id for h in python.hits]
-    assert [r["id"] for r in http.json()["results"]] == expected == [r["image_id"] for r in cli["results"]]
+    assert [r["image_id"] for r in http.json()["results"]] == expected == [r["image_id"] for r in cli["results"]]
     # repeated flags: equal weights
     assert main(["search", "--index", str(served_index[0]), "--ref-id", ids[0], "--ref-id", ids[1], "--text", "red",
                  "--not", "striped", "-k", "4", "--json"]) == 0
@@ -142,7 +142,7 @@ def test_multipart_with_several_images_and_a_negative_text(client, retriever, sh
     images = [Image.open(shapes_root / "images" / f"{i}.png").convert("RGB") for i in ids[:2]]
     expected = retriever.search(QuerySpec(tuple(Weighted(im) for im in images), (Weighted("make it blue"),),
                                           (Weighted("striped", 0.5),)), k=5)
-    assert [r["id"] for r in response.json()["results"]] == [h.image_id for h in expected.hits]
+    assert [r["image_id"] for r in response.json()["results"]] == [h.image_id for h in expected.hits]
 
 
 def test_batch_endpoint_equals_single_searches(client, retriever, ids):
@@ -156,7 +156,7 @@ def test_batch_endpoint_equals_single_searches(client, retriever, ids):
         k = query.get("k", 5)
         spec = spec_from_dict({key: v for key, v in query.items() if key != "k"})
         single = retriever.search(spec, k=k)
-        assert [r["id"] for r in got["results"]] == [h.image_id for h in single.hits]
+        assert [r["image_id"] for r in got["results"]] == [h.image_id for h in single.hits]
         assert [r["score"] for r in got["results"]] == pytest.approx([h.score for h in single.hits], abs=1e-5)
     bad = client.post("/v1/search/batch", json={"queries": [queries[0], {"ref_id": "nope", "text": "x"}]})
     assert bad.status_code == 404 and bad.json()["error"]["message"].startswith("queries[1]:")

@@ -112,7 +112,7 @@ def test_step_schedule_and_grad_clip_run(shapes_root, tmp_path):
 
 def test_dotted_overrides_and_unknown_keys(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("method: sum\ntrain:\n  epochs: 3\n")
+    path.write_text("method: clip4cir\ntrain:\n  epochs: 3\n")
     cfg = load_run_config(path, ["train.lr=0.5", "dataset.options.gallery=val-split", "method_config.stage=combiner"])
     assert cfg.train.lr == 0.5 and cfg.train.epochs == 3
     assert cfg.dataset.options == {"gallery": "val-split"}

@@ -110,6 +110,10 @@ class ImageTokens:
     post_ln_post: torch.Tensor
 
 
+class BackboneUnavailableError(ValueError):
+    """Pretrained weights that are neither cached nor downloadable; the message says how to fix it."""
+
+
 OPENAI_STATE_KEYS = (b"input_resolution", b"context_length", b"vocab_size")
 """Entries only OpenAI's released CLIP files hold next to the weights."""
 
@@ -210,8 +214,18 @@ def _build_open_clip(spec: BackboneSpec, load_weights: bool = True) -> tuple[nn.
                 f"(see open_clip.list_models()), an ARCH/TAG name, hf-hub:ORG/NAME, nor a small config "
                 f"({', '.join(list_small_configs())})"
             )
-        model = open_clip.create_model(spec.arch, pretrained=spec.pretrained if load_weights else None,
-                                       cache_dir=spec.cache_dir, force_quick_gelu=bool(quick))
+        try:
+            model = open_clip.create_model(spec.arch, pretrained=spec.pretrained if load_weights else None,
+                                           cache_dir=spec.cache_dir, force_quick_gelu=bool(quick))
+        except RuntimeError as err:
+            if "Failed to download" not in str(err):
+                raise
+            raise BackboneUnavailableError(
+                f"backbone {spec.arch}{'/' + spec.pretrained if spec.pretrained else ''}: its weights are not in the local cache and cannot be "
+                f"downloaded (offline or no network). Fix: run once with network access (the weights are cached "
+                f"under HF_HOME or the backbone's cache_dir), pass a local checkpoint file as the pretrained tag, "
+                f"or use an offline backbone (--arch tiny-vit --pretrained '' or backbone.arch=small-vit "
+                f"backbone.pretrained=null)") from None
         tokenizer = open_clip.get_tokenizer(spec.arch, cache_dir=spec.cache_dir)
     if quick is not None and uses_quick_gelu(model) != quick:
         set_quick_gelu(model, quick)

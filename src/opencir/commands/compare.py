@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import COMMANDS, Command
+from . import COMMANDS, DEVICE_HELP, Command, positive_int
 
 
 @dataclass
@@ -32,12 +32,12 @@ def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", help="split (default: the evaluation folder's, else test)")
     parser.add_argument("--option", action="append", default=[], help="dataset option key=value (repeatable)")
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples and permutations")
-    parser.add_argument("--confidence", type=float, default=0.95)
+    parser.add_argument("--confidence", type=float, default=0.95, help="level of the bootstrap confidence interval")
     parser.add_argument("--seed", type=int, default=0, help="seed of the resampling")
     parser.add_argument("--out", help="also write the comparison to this JSON file")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--cache-dir", default=".cache/features")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--batch-size", type=positive_int, default=128, help="images or queries per encoder call")
+    parser.add_argument("--cache-dir", default=".cache/features", help="feature cache of frozen image encoders")
 
 
 def _model_dir(path: Path) -> Path | None:
@@ -125,4 +125,4 @@ def _run(args: argparse.Namespace) -> int:
 
 
 COMMANDS.register("compare")(Command("compare two results on the same queries: paired bootstrap CI and permutation p",
-                                     _add, _run))
+                                     _add, _run, example="opencir compare eval-a/ eval-b/"))

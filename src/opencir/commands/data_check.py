@@ -38,4 +38,5 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-COMMANDS.register("data check")(Command("validate a benchmark layout and report missing or unreadable images", _add, _run))
+COMMANDS.register("data check")(Command("validate a benchmark layout and report missing or unreadable images", _add, _run,
+                                         example="opencir data check cirr --root data/cirr --split val"))

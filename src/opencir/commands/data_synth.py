@@ -8,11 +8,11 @@ from . import COMMANDS, Command
 
 def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder to write (replaced atomically)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the scenes and triplets")
     parser.add_argument("--train", type=int, default=20000, help="training triplets")
     parser.add_argument("--val", type=int, default=1000, help="validation triplets")
     parser.add_argument("--test", type=int, default=2000, help="test triplets")
-    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=64, help="side of the square images in pixels")
     parser.add_argument("--workers", type=int, default=2, help="processes drawing images")
 
 
@@ -27,4 +27,5 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS.register("data synth")(Command("generate the cir-shapes synthetic benchmark", _add, _run))
+COMMANDS.register("data synth")(Command("generate the cir-shapes synthetic benchmark", _add, _run,
+                                         example="opencir data synth --out data/cir-shapes --train 2000 --val 200 --test 200"))

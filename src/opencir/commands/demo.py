@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import argparse
 
-from . import COMMANDS, Command
+from . import COMMANDS, DEVICE_HELP, Command
 
 
 def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default="opencir-demo", help="folder for data, runs and results")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--seed", type=int, default=0, help="first training seed (same seed + same thread "
                         "count = identical table on CPU)")
     parser.add_argument("--seeds", type=int, default=1, help="run every training stage with this many seeds "
@@ -32,4 +32,5 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS.register("demo")(Command("run the offline demo: cir-shapes, small CLIP, baselines, CLIP4Cir", _add, _run))
+COMMANDS.register("demo")(Command("run the offline demo: cir-shapes, small CLIP, baselines, CLIP4Cir", _add, _run,
+                                  example="opencir demo --workdir opencir-demo --methods tg-cir"))

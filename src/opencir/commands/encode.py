@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..encoding.precision import CHOICES as PRECISION_CHOICES
-from . import COMMANDS, Command
+from . import COMMANDS, DEVICE_HELP, Command, positive_int
 
 if TYPE_CHECKING:
     import numpy as np
@@ -16,29 +16,18 @@ if TYPE_CHECKING:
     from ..retrieval.catalogue import Catalogue
     from ..retrieval.query_files import QueryLine
 
-EPILOG = """examples:
-  opencir encode --model runs/x/best --images catalogue/ --out gallery.parquet
-  opencir encode --model hf-hub:org/name --queries queries.jsonl --images catalogue/ --out queries.npy
-
---queries takes the query files of `opencir search` (.jsonl or .csv, see docs/serving.md), e.g.
-  {"query_id": "q1", "image": "ref.jpg", "text": "make it red"}
-  {"query_id": "q2", "ref_id": "shoes/red_01", "texts": ["blue", {"text": "with laces", "weight": 0.3}]}
-("image" relative to the file's folder; "ref_id" an id of the --images catalogue)."""
-
-
 def _add(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = EPILOG
     parser.add_argument("--model", required=True, help="model directory or hf-hub:ORG/NAME")
     parser.add_argument("--images", help="image folder or manifest .csv: the gallery to encode, or the "
                         "catalogue that queries' image_id refer to")
-    parser.add_argument("--queries", help="composed queries: a .jsonl or .csv query file, as for `opencir search`")
+    parser.add_argument("--queries", help="composed queries: a .jsonl or .csv query file, as for `opencir search` (docs/serving.md); "
+                        "\"image\" paths are relative to the file, \"ref_id\" is an id of the --images catalogue")
     parser.add_argument("--out", required=True, help="output file: .npy (+ .ids.json) or .parquet")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: auto)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
                         help="encoder compute precision, as for `opencir index` (whose vectors these equal at the "
-                             "same setting); auto: bf16 on CPUs with native bf16, else fp32 (default: auto)")
+                             "same setting); auto: bf16 on CPUs with native bf16, else fp32")
     parser.add_argument("--revision", help="Hub revision (branch, tag or commit) for an hf-hub: model")
 
 
@@ -120,4 +109,6 @@ def _encode(model: "CIRMethod", catalogue: "Catalogue | None", queries: list["Qu
     return vectors, {"image_id": [e.image_id for e in entries]}
 
 
-COMMANDS.register("encode")(Command("encode gallery images or composed queries to a .npy/.parquet vector file", _add, _run))
+COMMANDS.register("encode")(Command("encode gallery images or composed queries to a .npy/.parquet vector file", _add, _run,
+                                    example="opencir encode --model runs/x/best --images catalogue/ --out gallery.parquet\n"
+                                            "opencir encode --model hf-hub:org/name --queries queries.jsonl --images catalogue/ --out queries.npy"))

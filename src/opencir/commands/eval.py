@@ -3,10 +3,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from ..encoding.precision import CHOICES as PRECISION_CHOICES
-from . import COMMANDS, Command
+from . import COMMANDS, DEVICE_HELP, Command, positive_int
+
+log = logging.getLogger(__name__)
 
 
 def parse_options(items: list[str]) -> dict:
@@ -27,20 +33,51 @@ def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", help="a training-free method instead of --model (image-only, text-only, sum)")
     parser.add_argument("--arch", default="ViT-B-16", help="backbone architecture with --method")
     parser.add_argument("--pretrained", default="openai", help="backbone pretrained tag or checkpoint with --method")
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--root", required=True)
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--dataset", required=True, help="registered dataset name (cirr, fashioniq, shoes, circo, cir-shapes, ...)")
+    parser.add_argument("--root", required=True, help="the dataset folder, laid out as its authors publish it")
+    parser.add_argument("--split", default="test", help="split to score (val, test, test1, ...)")
     parser.add_argument("--option", action="append", default=[], help="dataset option key=value (repeatable)")
-    parser.add_argument("--out", help="directory for metrics.json, rankings.json and pictures")
+    parser.add_argument("--out", help="directory for metrics.json (metrics + provenance), rankings.json and pictures")
     parser.add_argument("--plots", action="store_true", help="also render a metrics bar plot and a retrieval grid")
     parser.add_argument("--submission", help="write evaluation-server files (CIRR test1, CIRCO test) to this folder")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=positive_int, default=128, help="images or queries per encoder call")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
                         help="encoder compute precision; auto: bf16 on CPUs with native bf16, else fp32")
-    parser.add_argument("--cache-dir", default=".cache/features")
+    parser.add_argument("--cache-dir", default=".cache/features", help="feature cache of frozen image encoders")
     parser.add_argument("--no-analysis", action="store_true", help="skip the shortcut analysis (image-only and "
                         "text-only on the same backbone) and the per-type breakdowns")
+
+
+def provenance(args: argparse.Namespace, method: Any, dataset: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """Where a metrics.json comes from: model (directory + fingerprint), method, dataset,
+    split, gallery convention and size, number of queries, opencir version, date."""
+    from .. import __version__
+    from ..evaluation.protocols import GALLERY_CONVENTION_KEY, protocol_labels
+    from ..retrieval.store import model_fingerprint
+
+    parts = dataset.evaluation_parts()
+    excluded = {bool(p.protocol.exclude_reference) for p in parts.values() if p.protocol is not None}
+    return {
+        "model": {
+            "directory": str(Path(args.model).resolve()) if args.model else None,
+            "fingerprint": model_fingerprint(method),
+            "method": method.name,
+            "backbone": method.backbone.spec.to_dict(),
+        },
+        "dataset": {"name": args.dataset, "root": str(Path(args.root).resolve()), "split": args.split,
+                    "options": options},
+        "gallery": {
+            "convention": protocol_labels(dataset).get(GALLERY_CONVENTION_KEY, "official"),
+            "size": sum(len(p.gallery_ids) for p in parts.values()),
+            "sizes": {name: len(p.gallery_ids) for name, p in parts.items()} if len(parts) > 1 else None,
+            "reference_excluded": excluded == {True},
+        },
+        "queries": sum(len(p.triplets) for p in parts.values()),
+        "precision": args.precision,
+        "opencir_version": __version__,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -58,27 +95,29 @@ def _run(args: argparse.Namespace) -> int:
     if bool(args.model) == bool(args.method):
         raise ValueError("give exactly one of --model DIR or --method NAME")
     device = resolve_device(args.device)
+    options = parse_options(args.option)
     if args.model:
         method = load_model(args.model, device=device)
     else:
         method = build_method(args.method, BackboneSpec(args.arch, args.pretrained)).to(device).eval()
-    dataset = load_dataset(args.dataset, args.root, args.split, **parse_options(args.option))
+    dataset = load_dataset(args.dataset, args.root, args.split, **options)
     keep = bool(args.out or args.submission)
     analysis = not args.no_analysis and has_ground_truth(dataset)
     result = evaluate(method, dataset, args.batch_size, device, args.cache_dir, keep_rankings=keep,
                       precision=args.precision, analysis=analysis)
-    print(json.dumps(result.metrics, indent=2))
+    print(json.dumps(result.metrics, indent=2))  # stdout holds only this JSON; messages go to stderr
     if result.analysis.get("shortcuts"):
-        print(format_shortcuts(result.analysis["shortcuts"]))
+        print(format_shortcuts(result.analysis["shortcuts"]), file=sys.stderr)
     if args.submission:
         from ..data.submission import write_submission
 
         for path in write_submission(dataset, result.rankings, args.submission, result.subset_rankings or None):
-            print(f"wrote {path}")
+            log.info("wrote %s", path)
     if args.out:
         out = write_eval_dir(args.out, dataset, result.metrics, result.rankings, result.subset_rankings,
-                             result.analysis, parse_options(args.option),
-                             {"model": args.model, "method": method.name, "arch": method.backbone.spec.arch})
+                             result.analysis, options,
+                             {"model": args.model, "method": method.name, "arch": method.backbone.spec.arch},
+                             provenance(args, method, dataset, options))
         if args.plots:
             from ..evaluation.protocols import numeric_metrics
 
@@ -89,8 +128,10 @@ def _run(args: argparse.Namespace) -> int:
             scored = [t.query_id for t in dataset.triplets if t.target_ids][:6]
             if scored:
                 retrieval_grid(dataset, result.rankings, scored, out / "retrieval_grid.png")
-        print(f"wrote {out}")
+        log.info("wrote %s (metrics.json with provenance, rankings.json%s)", out, ", pictures" if args.plots else "")
     return 0
 
 
-COMMANDS.register("eval")(Command("evaluate a model or a baseline with the benchmark's official protocol", _add, _run))
+COMMANDS.register("eval")(Command(
+    "evaluate a model or a baseline with the benchmark's official protocol", _add, _run,
+    example="opencir eval --model runs/x/best --dataset cirr --root data/cirr --split val --out eval/ --plots"))

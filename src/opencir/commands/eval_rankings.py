@@ -11,7 +11,7 @@ from . import COMMANDS, Command
 def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", help="registered dataset name")
     parser.add_argument("--root", required=True, help="the dataset folder (images are not needed)")
-    parser.add_argument("--split", required=True)
+    parser.add_argument("--split", required=True, help="split the rankings are for (val, test, ...)")
     parser.add_argument("--rankings", required=True, help='JSON {"<query id>": [ranked image ids, best first]}')
     parser.add_argument("--subset-rankings", help="CIRR: JSON of rankings within img_set (else taken from --rankings)")
     parser.add_argument("--option", action="append", default=[], help="dataset option key=value (repeatable)")
@@ -34,4 +34,5 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS.register("eval-rankings")(Command("score a rankings file with the benchmark's official protocol", _add, _run))
+COMMANDS.register("eval-rankings")(Command("score a rankings file with the benchmark's official protocol", _add, _run,
+                                           example="opencir eval-rankings cirr --root data/cirr --split val --rankings eval/rankings.json"))

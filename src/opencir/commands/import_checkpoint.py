@@ -72,5 +72,6 @@ def _jsonable(value: object) -> object:
 
 
 COMMANDS.register("import-checkpoint")(
-    Command("convert a released official checkpoint into an OpenCIR model directory", _add, _run)
+    Command("convert a released official checkpoint into an OpenCIR model directory", _add, _run,
+            example="opencir import-checkpoint --method tg-cir best_model.pt --out models/tg-cir")
 )

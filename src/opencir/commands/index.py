@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ..encoding.precision import CHOICES as PRECISION_CHOICES
-from . import COMMANDS, Command
+from . import COMMANDS, DEVICE_HELP, Command, positive_int
 
 
 def _add(parser: argparse.ArgumentParser) -> None:
@@ -20,9 +21,9 @@ def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--option", action="append", default=[], help="backend option key=value (repeatable), "
                         "e.g. nprobe=32, ef_search=128, uri=http://host:19530, index_type=IVF_FLAT")
     parser.add_argument("--shard-size", type=int, default=1024, help="images per resumable shard")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per encoder call")
     parser.add_argument("--num-workers", type=int, default=0, help="image loading processes")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
                         help="encoder compute precision; auto: bf16 on CPUs with native bf16, else fp32")
     parser.add_argument("--delete", action="append", default=[], metavar="ID", help="remove an image id (repeatable)")
@@ -86,7 +87,9 @@ def _tune(args: argparse.Namespace) -> None:
     print(json.dumps({"tuning": summary}, indent=2))
     if not report.met:
         print(f"warning: recall@{report.k} {report.recall:.3f} < target {report.target_recall} even at "
-              f"{report.knob}={report.chosen} (the most this index allows); rebuild with more lists or a larger graph")
+              f"{report.knob}={report.chosen} (the most this index allows); rebuild with more lists or a larger graph",
+              file=sys.stderr)  # stdout holds only the JSON
 
 
-COMMANDS.register("index")(Command("embed an image folder or manifest.csv into a search index", _add, _run))
+COMMANDS.register("index")(Command("embed an image folder or manifest.csv into a search index", _add, _run,
+                                   example="opencir index --model runs/x/best --images catalogue/ --out catalogue.idx"))

@@ -17,12 +17,12 @@ def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", required=True, help="dataset root (a corpus file or folder for image-captions)")
     parser.add_argument("--out", required=True, help="TSV file to write")
     parser.add_argument("--dataset", default="image-captions", help="registered dataset whose image captions to mask")
-    parser.add_argument("--split", default="train")
+    parser.add_argument("--split", default="train", help="split of the dataset to read")
     parser.add_argument("--option", action="append", default=[], help="dataset option key=value (repeatable)")
     parser.add_argument("--column", default="masked_caption", help="name of the masked-caption column")
     parser.add_argument("--masker", default="auto", help="auto (spaCy if installed, else rules), spacy or fallback")
-    parser.add_argument("--spacy-model", default="en_core_web_sm")
-    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--spacy-model", default="en_core_web_sm", help="spaCy pipeline for --masker spacy/auto")
+    parser.add_argument("--batch-size", type=int, default=1024, help="captions masked per batch")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -45,4 +45,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS.register("mask-captions")(Command("mask the subject of each caption with <|replace|> (Context-I2W)", _add, _run))
+COMMANDS.register("mask-captions")(Command(
+    "mask the subject of each caption with <|replace|> (Context-I2W)", _add, _run,
+    example="opencir mask-captions --root /data/cc3m --option source=cc3m.csv --option caption_column=title "
+            "--out /data/cc3m/cc3m-masked.tsv"))

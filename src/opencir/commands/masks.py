@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import COMMANDS, Command
+from . import COMMANDS, DEVICE_HELP, Command, positive_int
 
 DEFAULT_SPLITS = ("train", "val", "test")
 
@@ -31,8 +31,8 @@ def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from-released", metavar="DIR", help="use the officially released masks in DIR instead")
     parser.add_argument("--link", default="symlink", choices=("symlink", "hardlink", "copy"),
                         help="how --from-released puts a mask in place")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="images captioned and segmented per batch")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--overwrite", action="store_true", help="replace masks that already exist")
     parser.add_argument("--resize-to-image", action="store_true",
                         help="store masks at the image size (default: the segmenter's size, as released)")
@@ -89,4 +89,5 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if report.failures else 0
 
 
-COMMANDS.register("masks")(Command("write OFFSET's dominant-portion masks for a dataset (or adopt released ones)", _add, _run))
+COMMANDS.register("masks")(Command("write OFFSET's dominant-portion masks for a dataset (or adopt released ones)", _add, _run,
+                                   example="opencir masks --dataset cirr --root data/cirr --split val"))

@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import argparse
 
-from . import COMMANDS, Command
+from . import COMMANDS, Command, positive_int
 
 
 def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="a cir-shapes folder (opencir data synth --out DIR)")
     parser.add_argument("--out", required=True, help="checkpoint file to write (open_clip state dict)")
-    parser.add_argument("--arch", default="small-vit")
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--arch", default="small-vit", help="small backbone config (small-vit, tiny-vit, tiny-rn)")
+    parser.add_argument("--epochs", type=positive_int, default=12, help="passes over the training captions")
+    parser.add_argument("--batch-size", type=positive_int, default=128, help="image-caption pairs per step")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine schedule)")
     parser.add_argument("--warmup-steps", type=int, default=50, help="linear warm-up steps before the cosine decay")
     parser.add_argument("--seed", type=int, default=0, help="same seed + same thread count = bit-identical checkpoint on CPU")
     parser.add_argument("--run-dir", help="training run folder (default: next to --out)")
@@ -28,4 +28,5 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS.register("pretrain-clip")(Command("pretrain a small CLIP on cir-shapes captions (offline)", _add, _run))
+COMMANDS.register("pretrain-clip")(Command("pretrain a small CLIP on cir-shapes captions (offline)", _add, _run,
+                                           example="opencir pretrain-clip --data data/cir-shapes --out small-clip.pt --epochs 2"))

@@ -20,4 +20,4 @@ def _run(args: argparse.Namespace) -> int:
 
 
 COMMANDS.register("report")(Command("write one self-contained HTML report of a run, an evaluation or the demo",
-                                    _add, _run))
+                                    _add, _run, example="opencir report opencir-demo"))

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import COMMANDS, Command
+from . import COMMANDS, DEVICE_HELP, Command, positive_int
 
 
 def _add(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +29,7 @@ def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queries", metavar="FILE", help="many queries: a .jsonl or .csv file (see docs/serving.md)")
     parser.add_argument("--out", help="with --queries: write rankings JSON {query_id: [ids, best first]}")
     parser.add_argument("-k", type=int, default=10, help="number of results")
-    parser.add_argument("--batch-size", type=int, default=64, help="with --queries: queries encoded together")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="with --queries: queries encoded together")
     parser.add_argument("--include-reference", action="store_true", help="do not exclude the reference image(s)")
     parser.add_argument("--exclude", action="append", default=[], metavar="ID", help="never return this id (repeatable)")
     parser.add_argument("--filter", action="append", default=[], metavar="COND",
@@ -38,7 +38,7 @@ def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-recall", type=float, help="search effort of a tuned approximate index for "
                         "this recall@10 (from the curve `opencir index --target-recall` stored)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def _single_spec(args: argparse.Namespace):
@@ -66,7 +66,7 @@ def _single_spec(args: argparse.Namespace):
 
 
 def _print_table(result) -> None:
-    print(f"{'rank':>4}  {'score':>7}  {'id':<32}  path")
+    print(f"{'rank':>4}  {'score':>7}  {'image_id':<32}  path")
     for hit in result.hits:
         print(f"{hit.rank:>4}  {hit.score:7.4f}  {hit.image_id:<32}  {hit.path}")
 
@@ -129,4 +129,5 @@ def _run(args: argparse.Namespace) -> int:
 
 
 COMMANDS.register("search")(Command("search an index with reference image(s) and modification text(s); "
-                                    "--queries for many", _add, _run))
+                                    "--queries for many", _add, _run,
+                                    example='opencir search --index catalogue.idx --image query.jpg --text "same but in red" -k 10 --json'))

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import argparse
 
-from . import COMMANDS, Command
+from . import COMMANDS, DEVICE_HELP, Command
 
 
 def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", required=True, help="index directory built by `opencir index`")
     parser.add_argument("--model", help="model directory (default: the one recorded in the index)")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1 keeps it local)")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port")
+    parser.add_argument("--device", default="cpu", help=DEVICE_HELP)
     parser.add_argument("--threads", type=int, help="torch and FAISS threads (default: their own defaults, "
                         "usually one per core)")
     parser.add_argument("--micro-batch", type=int, default=16, metavar="N",
@@ -20,7 +20,7 @@ def _add(parser: argparse.ArgumentParser) -> None:
                         help="how long the first query of a batch waits for others")
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted request body")
     parser.add_argument("--max-k", type=int, default=100, help="largest k a request may ask for")
-    parser.add_argument("--max-text-chars", type=int, default=500)
+    parser.add_argument("--max-text-chars", type=int, default=500, help="longest accepted modification text")
     parser.add_argument("--max-sessions", type=int, default=1000, help="multi-turn sessions kept in memory")
     parser.add_argument("--max-sessions-per-client", type=int, default=100,
                         help="sessions one remote address may hold (its oldest go first)")
@@ -28,7 +28,7 @@ def _add(parser: argparse.ArgumentParser) -> None:
                         help="a request body must arrive within this time (else 408)")
     parser.add_argument("--shutdown-grace-s", type=float, default=10.0,
                         help="on SIGTERM/SIGINT, wait at most this long for open requests")
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-level", default="info", help="uvicorn log level (debug, info, warning, error)")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -49,4 +49,5 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS.register("serve")(Command("serve the search API and web page over an index", _add, _run))
+COMMANDS.register("serve")(Command("serve the search API and web page over an index", _add, _run,
+                                   example="opencir serve --index catalogue.idx --port 8000   # then open http://127.0.0.1:8000/"))

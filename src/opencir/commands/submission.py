@@ -29,4 +29,5 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS.register("submission")(Command("write evaluation-server submission files from a rankings file", _add, _run))
+COMMANDS.register("submission")(Command("write evaluation-server submission files from a rankings file", _add, _run,
+                                        example="opencir submission cirr --root data/cirr --split test1 --rankings eval/rankings.json --out server/"))

@@ -25,4 +25,6 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS.register("train")(Command("train a method (one trainer for every method and dataset)", _add, _run))
+COMMANDS.register("train")(Command("train a method (one trainer for every method and dataset)", _add, _run,
+                                   example="opencir train --config clip4cir-cirshapes-stage1 dataset.root=opencir-demo/cir-shapes "
+                                           "train.epochs=3 train.lr=1e-4"))

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.types import CIRDataset, Triplet
+from ..devices import resolve_device
 from ..methods.base import CIRMethod
 from ..retrieval.exact import exact_top_k
 from ..encoding.features import FeatureTable, Sharding, TextFeatureCache, encode_image_table
@@ -167,6 +168,7 @@ def evaluate(
     (``encoding.precision``). With a ``sharding`` of several ranks (every rank calls it)
     the image encoding is split over the ranks and rank 0 alone composes, ranks and
     scores; other ranks get no metrics."""
+    device = resolve_device(device)  # "cuda" without CUDA: one clear ValueError, before any work
     precision = resolve_precision(precision, device)
     parts = dataset.evaluation_parts()
     per_part: dict[str, dict[str, float]] = {}

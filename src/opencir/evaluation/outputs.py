@@ -23,11 +23,14 @@ ANALYSIS_FILE = "analysis.json"
 
 def write_eval_dir(out: str | Path, dataset: CIRDataset, metrics: Mapping[str, float], rankings: Mapping[str, Any],
                    subset_rankings: Mapping[str, Any] | None = None, analysis: Mapping[str, Any] | None = None,
-                   options: Mapping[str, Any] | None = None, model: Mapping[str, Any] | None = None) -> Path:
-    """Write one evaluation folder; returns it."""
+                   options: Mapping[str, Any] | None = None, model: Mapping[str, Any] | None = None,
+                   provenance: Mapping[str, Any] | None = None) -> Path:
+    """Write one evaluation folder; returns it. With ``provenance``, metrics.json is
+    ``{"metrics": ..., "provenance": ...}`` (``opencir eval --out``), else the bare metrics."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(dict(metrics), indent=2))
+    record = {"metrics": dict(metrics), "provenance": dict(provenance)} if provenance else dict(metrics)
+    (out / "metrics.json").write_text(json.dumps(record, indent=2))
     if analysis:
         (out / ANALYSIS_FILE).write_text(json.dumps(analysis, indent=2))
     (out / "rankings.json").write_text(json.dumps(rankings))
@@ -67,6 +70,8 @@ def read_eval_dir(path: str | Path) -> EvalDir:
                                     "`opencir eval ... --out DIR`)")
     try:
         metrics = json.loads((path / "metrics.json").read_text())
+        if set(metrics) == {"metrics", "provenance"}:  # written by `opencir eval --out`
+            metrics = metrics["metrics"]
         description = json.loads((path / EVALUATION_FILE).read_text()) if (path / EVALUATION_FILE).is_file() else {}
         analysis = json.loads((path / ANALYSIS_FILE).read_text()) if (path / ANALYSIS_FILE).is_file() else {}
     except json.JSONDecodeError as err:

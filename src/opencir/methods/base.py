@@ -35,6 +35,7 @@ from ..data.captions import apply_caption_policy
 from ..data.transforms import ImageTransform, build_transform
 from ..losses import ContrastiveLoss, LossOutput, build_loss, info_nce, validate_loss_options
 from ..registry import Registry
+from ..typed import build_dataclass
 
 if TYPE_CHECKING:
     from ..data.types import CIRDataset, Triplet
@@ -67,12 +68,14 @@ class MethodConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "MethodConfig":
+    def from_dict(cls, values: Mapping[str, Any], where: str = "") -> "MethodConfig":
+        """Build from plain values, each checked against its field's type and range
+        (``opencir.typed``); ``where`` prefixes key names in error messages."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise KeyError(f"unknown {cls.__name__} keys {unknown}; valid keys: {sorted(known)}")
-        return cls(**values)
+        return build_dataclass(cls, values, where)
 
 
 @dataclass

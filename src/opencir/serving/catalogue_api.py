@@ -63,7 +63,7 @@ def gallery(request: Request, offset: int = Query(0, ge=0), limit: int = Query(4
     if q:
         needle = q.lower()
         ids = [i for i in ids if needle in i.lower()]
-    items = [GalleryItem(id=i, thumbnail_url=thumbnail_url(i)) for i in ids[offset : offset + limit]]
+    items = [GalleryItem(image_id=i, thumbnail_url=thumbnail_url(i)) for i in ids[offset : offset + limit]]
     return GalleryResponse(total=len(ids), offset=offset, limit=limit, items=items)
 
 

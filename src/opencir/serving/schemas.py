@@ -69,7 +69,7 @@ class BatchRequest(BaseModel):
 
 class Hit(BaseModel):
     rank: int
-    id: str
+    image_id: str
     score: float = Field(..., description="cosine similarity of query and image embeddings")
     thumbnail_url: str
     metadata: Optional[dict[str, Any]] = None
@@ -102,7 +102,7 @@ class ErrorResponse(BaseModel):
 
 
 class GalleryItem(BaseModel):
-    id: str
+    image_id: str
     thumbnail_url: str
 
 

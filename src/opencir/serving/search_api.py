@@ -36,7 +36,7 @@ def search_response(result: SearchResult) -> SearchResponse:
         text=result.text,
         k=result.k,
         excluded=result.excluded,
-        results=[Hit(rank=h.rank, id=h.image_id, score=h.score, thumbnail_url=thumbnail_url(h.image_id),
+        results=[Hit(rank=h.rank, image_id=h.image_id, score=h.score, thumbnail_url=thumbnail_url(h.image_id),
                      metadata=h.metadata) for h in result.hits],
         timings_ms={k: round(v, 3) for k, v in result.timings_ms.items()},
     )

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from torch import nn
 
 from ..data.transforms import ImageTransform
+from ..devices import resolve_device  # noqa: F401  (re-exported: commands import it from here)
 from ..data.types import CIRDataset, Triplet
 from ..encoding.features import FeatureTable, TextFeatureCache, encode_image_table, load_pixels, method_transform
 from ..evaluation.evaluator import evaluate, select_score
@@ -44,13 +45,6 @@ from .seeding import loader_generator, seed_everything, seed_worker
 
 log = logging.getLogger(__name__)
 STEPS_FILE = "steps.jsonl"
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda if available else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class _PixelPairs(Dataset):

@@ -30,15 +30,15 @@ function card(item, caption, onClick, testId) {
   const div = document.createElement("div");
   div.className = "card";
   div.dataset.testid = testId;
-  div.dataset.id = item.id;
-  div.title = item.id;
+  div.dataset.id = item.image_id;
+  div.title = item.image_id;
   const img = document.createElement("img");
   img.src = item.thumbnail_url;
-  img.alt = item.id;
+  img.alt = item.image_id;
   img.loading = "lazy";
   const id = document.createElement("div");
   id.className = "id";
-  id.textContent = item.id;
+  id.textContent = item.image_id;
   div.append(img, id);
   if (caption) {
     const score = document.createElement("div");
@@ -118,7 +118,7 @@ function renderResults(result) {
   for (const hit of result.results) {
     grid.append(card(hit, `#${hit.rank} · ${hit.score.toFixed(3)}`, () => {
       // refine: the chosen result becomes the reference, the session continues
-      setReference({ kind: "id", id: hit.id }, hit.thumbnail_url);
+      setReference({ kind: "id", id: hit.image_id }, hit.thumbnail_url);
       $("text").value = "";
       $("text").focus();
     }, "result"));
@@ -135,7 +135,7 @@ async function loadGallery(append) {
     for (const item of page.items) {
       grid.append(card(item, "", () => {
         resetSession();
-        setReference({ kind: "id", id: item.id }, item.thumbnail_url);
+        setReference({ kind: "id", id: item.image_id }, item.thumbnail_url);
       }, "gallery-item"));
     }
     state.galleryOffset += page.items.length;
