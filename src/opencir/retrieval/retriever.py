@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import load_image
+from ..data.images import load_image, normalise_image
 from .store import IndexStore, Record, model_fingerprint
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ class Retriever:
         else:
             if needs_masks:
                 raise ValueError(f"method {self.method.name!r} needs a segmentation mask of the reference: search by the id of an indexed image")
-            image = load_image(reference) if isinstance(reference, Path) else reference.convert("RGB")
+            image = load_image(reference) if isinstance(reference, Path) else normalise_image(reference)
             reference_id = None
         pixels = self.transform(image).unsqueeze(0).to(self.device)
         masks = self.transform(mask).unsqueeze(0).to(self.device) if mask is not None else None
