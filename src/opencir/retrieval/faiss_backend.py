@@ -5,7 +5,11 @@
 ``"HNSW32"`` (graph; ``ef_search`` candidates per query), ``"IVF4096,PQ64"`` ...
 Indexes that need training (IVF, PQ) are trained on the vectors of the first commit.
 Deletion uses ``remove_ids`` where FAISS supports it (flat, IVF) and otherwise (HNSW)
-a persisted tombstone set that search filters with an ``IDSelector``.
+a persisted tombstone set that search filters with an ``IDSelector``. Tombstoned nodes
+stay in the graph and take candidate slots, so (a) the index is compacted (rebuilt from
+the live vectors by the index store) once they pass ``COMPACT_RATIO`` of its nodes, and
+(b) a query that comes back with fewer than k live results while more exist is searched
+again with a larger efSearch, up to the node count.
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ import numpy as np
 
 from .files import atomic_save_npy, atomic_write
 from .index import DATA_DIR, INDEX_BACKENDS, IndexBackend, SearchOutput, empty_results
+
+COMPACT_RATIO = 0.1  # rebuild an HNSW index when this share of its nodes is deleted
 
 
 def _faiss():
@@ -36,14 +42,26 @@ class FaissBackend(IndexBackend):
     def __init__(self, dim: int, options: Mapping[str, Any], index: Any = None, tombstones: set[int] | None = None) -> None:
         super().__init__(dim, options)
         faiss = _faiss()
-        if index is None:
-            index = self._new_index(dim, self.options["factory"])
+        self._attach(index if index is not None else self._new_index(dim, self.options["factory"]))
+        self.tombstones: set[int] = set(tombstones or ())
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # rows waiting for training
+
+    def _attach(self, index: Any) -> None:
+        faiss = _faiss()
         self.index = index
         self.ivf = faiss.try_extract_index_ivf(index)
         inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
         self.hnsw = inner if isinstance(inner, faiss.IndexHNSW) else None
-        self.tombstones: set[int] = set(tombstones or ())
-        self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # rows waiting for training
+
+    def compaction_due(self) -> bool:
+        return self.hnsw is not None and len(self.tombstones) > COMPACT_RATIO * max(int(self.index.ntotal), 1)
+
+    def rebuild(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        keys, vectors = self.check_vectors(keys, vectors)
+        self._attach(self._new_index(self.dim, self.options["factory"]))
+        self.tombstones = set()
+        self._pending = [(keys, vectors)] if len(keys) else []
+        self._train_and_flush()
 
     @staticmethod
     def _new_index(dim: int, factory: str) -> Any:
@@ -172,9 +190,26 @@ class FaissBackend(IndexBackend):
             for row, banned in enumerate(exclude):
                 params, _keep = self._params(self.tombstones | {int(b) for b in banned})
                 scores[row : row + 1], keys[row : row + 1] = self.index.search(queries[row : row + 1], k, params=params)
+        if self.hnsw is not None and self.tombstones:
+            self._search_deeper(queries, k, exclude, scores, keys)
         scores = scores.astype(np.float32, copy=False)
         scores[keys < 0] = -np.inf
         return scores, keys.astype(np.int64, copy=False)
+
+    def _search_deeper(self, queries: np.ndarray, k: int, exclude: Sequence[Sequence[int]] | None,
+                       scores: np.ndarray, keys: np.ndarray) -> None:
+        """Re-search (in place) rows that came back short while live results remain: deleted
+        graph nodes used up the candidate list. efSearch doubles up to the node count."""
+        live = len(self)
+        for row in range(len(queries)):
+            banned = {int(b) for b in (exclude[row] if exclude is not None else ())}
+            wanted = min(k, live - len(banned))
+            ef = max(self.options["ef_search"], k)
+            while int((keys[row] >= 0).sum()) < wanted and ef < self.index.ntotal:
+                ef = min(2 * ef, int(self.index.ntotal))
+                params, _keep = self._params(self.tombstones | banned)
+                params.efSearch = ef
+                scores[row : row + 1], keys[row : row + 1] = self.index.search(queries[row : row + 1], k, params=params)
 
 
 @INDEX_BACKENDS.register("exact")

@@ -78,6 +78,15 @@ class IndexBackend(ABC):
     def after_commit(self) -> None:
         """Called once the manifest naming the last saved state is written."""
 
+    def compaction_due(self) -> bool:
+        """Whether deleted entries degrade the index enough that the store should call
+        ``rebuild`` with the live vectors before the next ``save`` (default: never)."""
+        return False
+
+    def rebuild(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Replace the content with exactly ``keys``/``vectors`` (the live rows)."""
+        raise NotImplementedError(f"the {self.name} backend does not rebuild")
+
     def close(self) -> None:
         """Release connections or file handles."""
 
