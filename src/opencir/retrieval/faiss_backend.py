@@ -157,9 +157,10 @@ class FaissBackend(IndexBackend):
         return int(self.index.ntotal) + sum(len(k) for k, _ in self._pending) - len(self.tombstones)
 
     # ------------------------------------------------------------------ search
-    def _params(self, banned: set[int]) -> tuple[Any, list[Any]]:
-        """Search parameters carrying this index's nprobe / efSearch and a selector that
-        hides ``banned`` keys; also returns objects that must outlive the search call."""
+    def _params(self, banned: set[int], k: int = 1) -> tuple[Any, list[Any]]:
+        """Search parameters carrying this index's nprobe / efSearch (at least ``k``: FAISS
+        HNSW returns fewer than k results when efSearch < k) and a selector that hides
+        ``banned`` keys; also returns objects that must outlive the search call."""
         faiss = _faiss()
         keep: list[Any] = []
         selector = None
@@ -170,7 +171,7 @@ class FaissBackend(IndexBackend):
         if self.ivf is not None:
             params = faiss.SearchParametersIVF(sel=selector, nprobe=min(self.options["nprobe"], self.ivf.nlist))
         elif self.hnsw is not None:
-            params = faiss.SearchParametersHNSW(sel=selector, efSearch=self.options["ef_search"])
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.options["ef_search"], k))
         else:
             params = faiss.SearchParameters(sel=selector)
         return params, keep
@@ -183,12 +184,12 @@ class FaissBackend(IndexBackend):
         if self.index.ntotal == 0:
             return empty_results(len(queries), k)
         if exclude is None or not any(len(e) for e in exclude):
-            params, _keep = self._params(self.tombstones)
+            params, _keep = self._params(self.tombstones, k)
             scores, keys = self.index.search(queries, k, params=params)
         else:  # each query hides its own keys: search one at a time
             scores, keys = empty_results(len(queries), k)
             for row, banned in enumerate(exclude):
-                params, _keep = self._params(self.tombstones | {int(b) for b in banned})
+                params, _keep = self._params(self.tombstones | {int(b) for b in banned}, k)
                 scores[row : row + 1], keys[row : row + 1] = self.index.search(queries[row : row + 1], k, params=params)
         if self.hnsw is not None and self.tombstones:
             self._search_deeper(queries, k, exclude, scores, keys)
