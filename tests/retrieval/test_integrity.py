@@ -221,3 +221,30 @@ def test_hnsw_below_the_compaction_ratio_still_returns_k_live_results(tmp_path):
         results = store.search(unit_rows(3, 6), live)
     assert [len(row) for row in results] == [live] * 3
     assert all({r.image_id for r, _ in row} == set(ids) - set(dead) for row in results)
+
+
+def test_milvus_lite_held_by_another_process_names_it(tmp_path, capfd):
+    """Issue 12.8: milvus-lite is single-process; the second opener is told who holds it.
+    (A process that opened a milvus-lite file keeps it until it exits: build in a child.)"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from tests.retrieval.test_integrity "
+                    f"import build; build(Path({str(tmp_path)!r}), n=5, backend='milvus', options={{}})"],
+                   check=True, env=env, cwd=Path(__file__).parents[2])
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import time; from opencir.retrieval.store import IndexStore\n"
+         f"s = IndexStore.open({str(tmp_path)!r}); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        capfd.readouterr()
+        with pytest.raises(IndexBusyError, match=rf"milvus-lite database .*milvus.db is held by process {holder.pid} "
+                                                 r"\(.*\)\. milvus-lite lets one process at a time.*Milvus server"):
+            IndexStore.open(tmp_path)
+        assert "Traceback" not in capfd.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+    with IndexStore.open(tmp_path) as store:
+        assert len(store) == 5

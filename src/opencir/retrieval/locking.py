@@ -77,3 +77,37 @@ def acquire_writer_lock(directory: str | Path, timeout: float = 0.0) -> WriterLo
 def release_writer_lock(lock: WriterLock) -> None:
     """Free a lock taken by ``acquire_writer_lock``."""
     lock.release()
+
+
+def processes_holding(path: str | Path) -> list[str]:
+    """``"<pid> (<command line>)"`` of the processes that have ``path`` open, where the
+    operating system tells (Linux ``/proc``); an empty list elsewhere or when unknown."""
+    target = str(Path(path).resolve())
+    found = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return found
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if any(os.readlink(fd) == target for fd in (entry / "fd").iterdir()):
+                command = " ".join((entry / "cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split())
+                found.append(f"{entry.name} ({command[:120]})")
+        except OSError:  # gone, or not ours to inspect
+            continue
+    return found
+
+
+def is_locked_elsewhere(path: str | Path) -> bool:
+    """Whether another process holds an OS lock on the existing file ``path`` (probed
+    without removing the file)."""
+    if not Path(path).is_file():
+        return False
+    probe = FileLock(str(path), thread_local=False, preserve_lock_file=True)
+    try:
+        probe.acquire(timeout=0)
+    except Timeout:
+        return True
+    probe.release()
+    return False
