@@ -20,11 +20,26 @@ def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=0, help="image loading processes")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--delete", action="append", default=[], metavar="ID", help="remove an image id (repeatable)")
+    parser.add_argument("--on-error", choices=["skip", "fail"], default="skip",
+                        help="unreadable images: skip them and list them in OUT/ingest-report.json (default), "
+                        "or stop at the first one")
+    parser.add_argument("--reference-features", choices=["auto", "on", "off"], default="auto",
+                        help="store each image's reference-side features so queries by id skip the image "
+                        "encoder (auto: when they are small); applies when the index is created")
+    parser.add_argument("--verify", action="store_true",
+                        help="check every file of the index at --out against its recorded SHA-256 and exit")
 
 
 def _run(args: argparse.Namespace) -> int:
     from ..retrieval.indexing import delete_images, index_catalogue
 
+    if args.verify:
+        if args.model or args.images or args.delete:
+            raise ValueError("--verify is used on its own: opencir index --out IDX --verify")
+        from ..retrieval.store import verify_index
+
+        print(json.dumps(verify_index(args.out), indent=2))
+        return 0
     if args.delete:
         if args.model or args.images:
             raise ValueError("--delete is used on its own: run adding and deleting as two commands")
@@ -44,13 +59,16 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError("--factory needs --backend faiss")
         options["factory"] = args.factory
     device = resolve_device(args.device)
-    catalogue = read_catalogue(args.images)
+    catalogue = read_catalogue(args.images, args.on_error)
     method = load_model(args.model, device=device)
     report = index_catalogue(method, catalogue, args.out, args.backend, options, args.shard_size,
-                             args.batch_size, device, args.num_workers, model_dir=args.model)
+                             args.batch_size, device, args.num_workers, model_dir=args.model,
+                             on_error=args.on_error, reference_features=args.reference_features)
     print(json.dumps({
         "index": str(report.index_dir), "added": report.added, "already_indexed": report.already_indexed,
         "encoded_shards": report.encoded_shards, "resumed_shards": report.reused_shards, "total": report.total,
+        "skipped": len(report.skipped), "report": str(report.report_file),
+        "reference_features": report.reference_features,
     }, indent=2))
     return 0
 

@@ -19,6 +19,7 @@ For plain 8-bit RGB/L/CMYK images without an EXIF rotation this equals PIL's
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from functools import lru_cache
 from pathlib import Path
@@ -40,7 +41,8 @@ _COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"
 class ImageLoadError(ValueError):
     """An image could not be read; the message says which file and why.
 
-    ``reason`` is one of ``missing``, ``empty``, ``not_an_image``, ``corrupt``, ``too_large``.
+    ``reason`` is one of ``missing``, ``empty``, ``not_an_image``, ``corrupt``, ``too_large``,
+    ``unreadable`` (the file exists but cannot be opened: permissions, I/O error).
     """
 
     def __init__(self, message: str, reason: str = "corrupt") -> None:
@@ -214,6 +216,8 @@ def load_image(path: str | Path, mode: str = "RGB") -> Image.Image:
     try:
         handle = path.open("rb")
     except OSError as err:
-        raise ImageLoadError(f"cannot read image {path}: {err}", "corrupt") from err
+        raise ImageLoadError(f"cannot read image {path}: {err.strerror or err}", "unreadable") from err
     with handle:
+        if not os.fstat(handle.fileno()).st_size:
+            raise ImageLoadError(f"cannot read image {path}: the file is empty", "empty")
         return decode_image(handle, str(path), mode)

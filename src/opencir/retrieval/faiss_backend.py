@@ -14,7 +14,7 @@ again with a larger efSearch, up to the node count.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -30,6 +30,15 @@ def _faiss():
     except ImportError as err:  # pragma: no cover - faiss-cpu is an install extra
         raise ImportError("the FAISS backends need faiss: pip install 'opencir[index]'") from err
     return faiss
+
+
+def _check_training_size(factory: str, nlist: int, count: int) -> None:
+    if count < nlist:
+        raise ValueError(
+            f"FAISS factory {factory!r} needs at least {nlist} vectors to train its {nlist} lists, "
+            f"the first commit has {count}; use fewer lists "
+            f"(e.g. IVF{max(1, int(4 * np.sqrt(max(count, 1))))},Flat) or the exact backend"
+        )
 
 
 @INDEX_BACKENDS.register("faiss")
@@ -84,6 +93,16 @@ class FaissBackend(IndexBackend):
         return resolved
 
     @classmethod
+    def check_build(cls, options: Mapping[str, Any], count: int, dim: Callable[[], int]) -> None:
+        resolved = cls.resolve_options(options)
+        if resolved["factory"] == "Flat":
+            return
+        index = cls._new_index(dim(), resolved["factory"])
+        if not index.is_trained:
+            ivf = _faiss().try_extract_index_ivf(index)
+            _check_training_size(resolved["factory"], ivf.nlist if ivf is not None else 1, count)
+
+    @classmethod
     def create(cls, dim: int, options: Mapping[str, Any], directory: Path) -> "FaissBackend":
         return cls(dim, cls.resolve_options(options))
 
@@ -132,13 +151,7 @@ class FaissBackend(IndexBackend):
         keys = np.concatenate([k for k, _ in self._pending])
         vectors = np.concatenate([v for _, v in self._pending])
         if not self.index.is_trained:
-            nlist = self.ivf.nlist if self.ivf is not None else 1
-            if len(vectors) < nlist:
-                raise ValueError(
-                    f"FAISS factory {self.options['factory']!r} needs at least {nlist} vectors to train "
-                    f"its {nlist} lists, the first commit has {len(vectors)}; use fewer lists "
-                    f"(e.g. IVF{max(1, int(4 * np.sqrt(len(vectors))))},Flat) or the exact backend"
-                )
+            _check_training_size(self.options["factory"], self.ivf.nlist if self.ivf is not None else 1, len(vectors))
             self.index.train(vectors)
         self.index.add_with_ids(vectors, keys)
         self._pending = []

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -66,6 +66,13 @@ class IndexBackend(ABC):
         if unknown:
             raise ValueError(f"unknown {cls.name} backend options {unknown}; valid options: {sorted(cls.DEFAULTS)}")
         return {**cls.DEFAULTS, **options}
+
+    @classmethod
+    def check_build(cls, options: Mapping[str, Any], count: int, dim: Callable[[], int]) -> None:
+        """ValueError when a new index with ``options`` cannot hold ``count`` vectors; runs
+        before any image is encoded. ``dim()`` gives the vector size (it costs one encoder
+        call: ask only when needed). Default: the options are valid."""
+        cls.resolve_options(options)
 
     @abstractmethod
     def save(self, directory: Path, tag: str) -> dict[str, Any]:
