@@ -16,18 +16,50 @@ def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-k", type=int, default=100, help="largest k a request may ask for")
     parser.add_argument("--max-text-chars", type=int, default=500)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--admin-token-file", help="file holding the token that HTTP add/delete requests must send "
+                        "(Authorization: Bearer ...); or set OPENCIR_ADMIN_TOKEN. Without one, add/delete is "
+                        "open on loopback binds only")
+    parser.add_argument("--lock-timeout", type=float, default=10.0,
+                        help="seconds an HTTP add/delete waits for another writer before answering 409")
 
 
 def _run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from ..serving.admin import AdminSettings
     from ..serving.app import ServeSettings, create_app
 
     settings = ServeSettings(device=args.device, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                              max_k=args.max_k, max_text_chars=args.max_text_chars)
-    app = create_app(args.index, args.model, settings)
+    admin = AdminSettings(token=_admin_token(args.admin_token_file), loopback_only=is_loopback(args.host),
+                          lock_timeout_s=args.lock_timeout)
+    app = create_app(args.index, args.model, settings, admin)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1)
     return 0
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to a public address
+
+
+def _admin_token(path: str | None) -> str | None:
+    import os
+    from pathlib import Path
+
+    if path:
+        token = Path(path).read_text().strip()
+        if not token:
+            raise ValueError(f"--admin-token-file {path} is empty")
+        return token
+    return os.environ.get("OPENCIR_ADMIN_TOKEN") or None
 
 
 COMMANDS.register("serve")(Command("serve the search API and web page over an index", _add, _run))

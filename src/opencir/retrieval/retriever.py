@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from ..data.images import load_image, normalise_image
+from .live import LiveIndex
 from .store import IndexStore, Record, model_fingerprint
 
 if TYPE_CHECKING:
@@ -89,10 +90,16 @@ class Retriever:
 
     Give ``model_dir`` (a saved model directory) or an already built ``method``. A model
     whose fingerprint differs from the index's is refused (FingerprintMismatch).
+
+    The index is live: every access to ``store`` returns the newest committed generation
+    (see ``retrieval.live``), so a long-running retriever sees what ``opencir index`` adds
+    and deletes without a restart. Queries by gallery id use the reference features stored
+    at indexing when the index has them (``use_stored_features``), skipping the encoder.
     """
 
     def __init__(self, index_dir: str | Path, model_dir: str | Path | None = None, *,
-                 method: "CIRMethod | None" = None, device: str | torch.device = "cpu") -> None:
+                 method: "CIRMethod | None" = None, device: str | torch.device = "cpu",
+                 use_stored_features: bool = True) -> None:
         from ..methods.io import load_model
         from ..encoding.features import method_transform
 
@@ -102,16 +109,18 @@ class Retriever:
         self.method = load_model(model_dir, device=self.device) if model_dir is not None else method.to(self.device).eval()
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.fingerprint = model_fingerprint(self.method)
-        self.store = IndexStore.open(index_dir)
-        try:
-            self.store.check_fingerprint(self.fingerprint, f"model {model_dir or self.method.name!r}")
-        except BaseException:
-            self.store.close()
-            raise
+        self.use_stored_features = use_stored_features
+        model_name = f"model {model_dir or self.method.name!r}"
+        self.live = LiveIndex(index_dir, check=lambda store: store.check_fingerprint(self.fingerprint, model_name))
         self.transform_name, self.transform = method_transform(self.method)
 
+    @property
+    def store(self) -> IndexStore:
+        """The newest committed generation of the index."""
+        return self.live.current()
+
     def close(self) -> None:
-        self.store.close()
+        self.live.close()
 
     def __enter__(self) -> "Retriever":
         return self
@@ -125,7 +134,11 @@ class Retriever:
         needs_masks = self.method.requirements.needs_masks
         mask = None
         if isinstance(reference, str):
-            record = self.store.get(reference)
+            store = self.store
+            record = store.get(reference)
+            stored = store.reference_features(reference, self.fingerprint) if self.use_stored_features else None
+            if stored is not None:
+                return {name: torch.from_numpy(value).to(self.device) for name, value in stored.items()}, reference
             image = load_image(record.path)
             if needs_masks:
                 mask_path = (record.metadata or {}).get(MASK_KEY)

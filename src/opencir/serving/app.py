@@ -38,6 +38,7 @@ from .. import __version__
 from ..data.images import MAX_IMAGE_PIXELS, ImageLoadError, load_image
 from ..retrieval.retriever import Retriever, SearchResult, SessionStore, check_text
 from ..retrieval.store import read_manifest
+from .admin import AdminSettings, admin_router
 from .errors import ApiError, install_error_handlers
 from .schemas import (
     SEARCH_MULTIPART_SCHEMA,
@@ -86,11 +87,11 @@ class ThumbnailCache:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._items: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, image_id: str, path: str, size: int) -> bytes:
-        key = (image_id, size)
+        key = (image_id, path, size)  # an id deleted and added again with another image is another entry
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
@@ -204,10 +205,12 @@ async def _parse_search(request: Request, settings: ServeSettings) -> tuple[Any,
 
 
 def create_app(index_dir: str | Path, model_dir: str | Path | None = None,
-               settings: ServeSettings | None = None) -> FastAPI:
+               settings: ServeSettings | None = None, admin: AdminSettings | None = None) -> FastAPI:
     """The search service over ``index_dir``; ``model_dir`` defaults to the model recorded
-    in the index. Loading happens in the lifespan (on server start), once."""
+    in the index. Loading happens in the lifespan (on server start), once. ``admin``:
+    who may add and delete images over HTTP (serving/admin.py)."""
     settings = settings or ServeSettings()
+    admin = admin or AdminSettings()
     index_dir = Path(index_dir)
     if model_dir is None:
         model_dir = read_manifest(index_dir).get("model", {}).get("directory")
@@ -235,6 +238,7 @@ def create_app(index_dir: str | Path, model_dir: str | Path | None = None,
     app.state.service = None
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + FORM_OVERHEAD_BYTES)
+    app.include_router(admin_router(index_dir, admin))
     errors = {status: {"model": ErrorResponse} for status in (400, 404, 413, 415, 422)}
 
     @app.post(
