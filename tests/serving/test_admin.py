@@ -88,6 +88,37 @@ def test_uploaded_files_of_deleted_images_are_removed(index_copy):
         assert not list((index_dir / "uploads").rglob("*.png"))
 
 
+def test_a_failed_write_changes_nothing_and_the_server_keeps_serving(index_copy, monkeypatch):
+    """A full disk during an HTTP add: 503, the previous generation serves on, the next add works."""
+    import errno
+
+    from opencir.retrieval.faiss_backend import FaissBackend
+
+    index_dir, model_dir = index_copy
+    real_save = FaissBackend.save
+
+    def full_disk(self, directory, tag):
+        (directory / "data" / f"{self.name}-{tag}.index").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with TestClient(create_app(index_dir, model_dir, SETTINGS)) as client:
+        count = client.get("/healthz").json()["images"]
+        generation = client.get("/v1/info").json()["index"]["generation"]
+        monkeypatch.setattr(FaissBackend, "save", full_disk)
+        response = add(client, ["f1"], [(7, 7, 7)])
+        assert response.status_code == 503 and response.json()["error"]["code"] == "write_failed"
+        assert "No space left" in response.json()["error"]["message"]
+        assert client.get("/healthz").json()["images"] == count
+        assert client.get("/v1/info").json()["index"]["generation"] == generation
+        assert client.post("/v1/search", json={"ref_id": "f1", "text": "x"}).status_code == 404
+        monkeypatch.setattr(FaissBackend, "save", real_save)
+        assert add(client, ["f1"], [(7, 7, 7)]).status_code == 200
+        assert client.get("/healthz").json()["images"] == count + 1
+    from opencir.retrieval.store import verify_index
+
+    assert verify_index(index_dir)["ok"]
+
+
 def test_token_and_bind_rules(index_copy):
     index_dir, model_dir = index_copy
     with TestClient(create_app(index_dir, model_dir, SETTINGS, admin=AdminSettings(token=TOKEN, loopback_only=False))) as client:

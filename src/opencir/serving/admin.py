@@ -112,6 +112,8 @@ def _write_errors(err: Exception) -> ApiError:
         return ApiError(500, "index_damaged", str(err))
     if isinstance(err, KeyError):
         return ApiError(404, "unknown_image", str(err.args[0]))
+    if isinstance(err, OSError):  # e.g. a full disk: the commit did not happen, the old generation serves on
+        return ApiError(503, "write_failed", f"the index was not changed: {err}")
     return ApiError(422, "invalid_request", str(err))
 
 
@@ -137,7 +139,7 @@ def admin_router(index_dir: Path, settings: AdminSettings) -> APIRouter:
         with writing:
             try:
                 result = change()
-            except (IndexBusyError, IndexDamagedError, KeyError, ValueError) as err:
+            except (IndexBusyError, IndexDamagedError, KeyError, ValueError, OSError) as err:
                 raise _write_errors(err) from None
             store = service.retriever.live.refresh()
             return ChangeResponse(count=len(store), generation=int(store.manifest["generation"]), **result)
