@@ -123,3 +123,19 @@ def test_a_new_generation_built_by_another_model_is_refused_and_the_old_one_kept
         index_catalogue(load_model(other_model_dir), read_catalogue(folder), out)
         assert len(retriever.store) == 5  # still the generation of its own model
         assert retriever.search("img001", "bigger", k=2).hits
+
+
+def test_live_milvus_lite_index_in_one_process(tmp_path, model_dir, make_images):
+    """milvus-lite: the serving process itself writes (as the HTTP API does) and reads the new generation."""
+    folder = tmp_path / "images"
+    make_images(folder, 5, prefix="a")
+    method = load_model(model_dir)
+    out = tmp_path / "idx"
+    index_catalogue(method, read_catalogue(folder), out, backend="milvus")
+    with Retriever(out, model_dir) as retriever:
+        assert len(retriever.store) == 5
+        make_images(folder, 2, seed=4, prefix="b")
+        index_catalogue(method, read_catalogue(folder), out)
+        delete_images(out, ["a001"])
+        ranked = retriever.search("b000", "bigger", k=10)
+        assert {h.image_id for h in ranked.hits} == {"a000", "a002", "a003", "a004", "b001"}
