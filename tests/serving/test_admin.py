@@ -224,3 +224,12 @@ def test_concurrent_search_load_sees_adds_and_deletes_and_never_a_deleted_id(ind
         assert searches[0] >= 30
         with httpx.Client(base_url=url, timeout=60) as client:
             assert client.get("/healthz").json()["images"] == len(original) + 24 - 12
+
+
+@pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("localhost", True), ("::1", True),
+                                            ("127.0.0.2", True), ("0.0.0.0", False), ("::", False),
+                                            ("192.168.1.5", False), ("myhost.example", False)])
+def test_serve_decides_the_default_from_the_bind_address(host, loopback):
+    from opencir.commands.serve import is_loopback
+
+    assert is_loopback(host) is loopback
