@@ -139,3 +139,16 @@ def test_live_milvus_lite_index_in_one_process(tmp_path, model_dir, make_images)
         delete_images(out, ["a001"])
         ranked = retriever.search("b000", "bigger", k=10)
         assert {h.image_id for h in ranked.hits} == {"a000", "a002", "a003", "a004", "b001"}
+
+
+def test_features_encoded_at_bf16_are_not_used_by_an_fp32_retriever(tmp_path, model_dir, image_folder):
+    """Stored features are keyed by fingerprint and precision: by-id queries stay equal to re-encoding."""
+    out = tmp_path / "idx"
+    method = load_model(model_dir)
+    index_catalogue(method, read_catalogue(image_folder), out, precision="bf16", reference_features="on")
+    with IndexStore.open(out) as store:
+        assert store.manifest["reference_features_key"] == f"{model_fingerprint(method)}+bf16"
+    with Retriever(out, model_dir) as retriever:
+        calls = count_encoder_calls(retriever.method)
+        retriever.search("img002", "bigger", k=3)
+        assert calls == [1]

@@ -153,8 +153,28 @@ class ClipBackbone(nn.Module):
         return self.tokenizer(texts, context_length=self.context_length)
 
     def encode_text(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """Pooled, projected, unnormalised text features at EOT: (B, L) -> (B, D)."""
-        return self.model.encode_text(token_ids)
+        """Pooled, projected, unnormalised text features at EOT: (B, L) -> (B, D).
+
+        Padding after the batch's last EOT is trimmed first (``trim_padding``): the pooled
+        output is the same and short texts cost a fraction of the full context."""
+        if not self.pads_after_eot:
+            return self.model.encode_text(token_ids)
+        return self.text_tokens(self.trim_padding(token_ids)).pooled
+
+    @property
+    def pads_after_eot(self) -> bool:
+        """True when the text tower is causal and pools at EOT (CLIP): slots after the last
+        EOT of a batch can be dropped without changing any pooled output."""
+        return self.model.attn_mask is not None and getattr(self.model, "text_pool_type", "argmax") == "argmax"
+
+    def trim_padding(self, token_ids: torch.Tensor, spare: int = 0) -> torch.Tensor:
+        """Token ids (B, L) cut after the batch's last EOT (+ ``spare`` slots): exact under
+        CLIP's causal mask, where EOT never attends to later slots. Token-level methods that
+        read padding positions keep the full context and do not call this."""
+        if not self.pads_after_eot:
+            return token_ids
+        keep = min(token_ids.shape[1], int(self.eot_positions(token_ids).max()) + 1 + spare)
+        return token_ids[:, :keep]
 
     def text_tokens(self, token_ids: torch.Tensor) -> TextTokens:
         """Text tower with all ln_final tokens (B, L, W_t) and the pooled feature (B, D)."""

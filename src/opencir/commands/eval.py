@@ -5,6 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..encoding.precision import CHOICES as PRECISION_CHOICES
 from . import COMMANDS, Command
 
 
@@ -35,6 +36,8 @@ def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--submission", help="write evaluation-server files (CIRR test1, CIRCO test) to this folder")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
+                        help="encoder compute precision; auto: bf16 on CPUs with native bf16, else fp32")
     parser.add_argument("--cache-dir", default=".cache/features")
 
 
@@ -56,7 +59,8 @@ def _run(args: argparse.Namespace) -> int:
         method = build_method(args.method, BackboneSpec(args.arch, args.pretrained)).to(device).eval()
     dataset = load_dataset(args.dataset, args.root, args.split, **parse_options(args.option))
     keep = bool(args.out or args.submission)
-    result = evaluate(method, dataset, args.batch_size, device, args.cache_dir, keep_rankings=keep)
+    result = evaluate(method, dataset, args.batch_size, device, args.cache_dir, keep_rankings=keep,
+                      precision=args.precision)
     print(json.dumps(result.metrics, indent=2))
     if args.submission:
         from ..data.submission import write_submission

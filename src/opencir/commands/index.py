@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..encoding.precision import CHOICES as PRECISION_CHOICES
 from . import COMMANDS, Command
 
 
@@ -19,6 +20,8 @@ def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=0, help="image loading processes")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
+                        help="encoder compute precision; auto: bf16 on CPUs with native bf16, else fp32")
     parser.add_argument("--delete", action="append", default=[], metavar="ID", help="remove an image id (repeatable)")
     parser.add_argument("--on-error", choices=["skip", "fail"], default="skip",
                         help="unreadable images: skip them and list them in OUT/ingest-report.json (default), "
@@ -63,7 +66,8 @@ def _run(args: argparse.Namespace) -> int:
     method = load_model(args.model, device=device)
     report = index_catalogue(method, catalogue, args.out, args.backend, options, args.shard_size,
                              args.batch_size, device, args.num_workers, model_dir=args.model,
-                             on_error=args.on_error, reference_features=args.reference_features)
+                             precision=args.precision, on_error=args.on_error,
+                             reference_features=args.reference_features)
     print(json.dumps({
         "index": str(report.index_dir), "added": report.added, "already_indexed": report.already_indexed,
         "encoded_shards": report.encoded_shards, "resumed_shards": report.reused_shards, "total": report.total,

@@ -23,6 +23,7 @@ from ..data.transforms import ImageTransform, build_transform
 from ..data.types import CIRDataset
 from ..masks.layouts import require_mask_file
 from ..methods.base import CIRMethod, Features
+from .precision import autocast
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +101,13 @@ def method_transform(method: CIRMethod, train: bool = False) -> tuple[str, Image
     return name, build_transform(name, b.image_size, b.image_mean, b.image_std)
 
 
-def feature_cache_key(method: CIRMethod, transform_name: str) -> str:
-    """Identifies features: backbone weights, method + config, preprocessing, masks."""
+def feature_cache_key(method: CIRMethod, transform_name: str, precision: str = "fp32") -> str:
+    """Identifies features: backbone weights, method + config, preprocessing, masks and
+    compute precision (fp32 keys are those of caches written before precision existed)."""
+    extra = {} if precision == "fp32" else {"precision": precision}
     payload = json.dumps(
         {
+            **extra,
             "backbone": method.backbone.fingerprint(),
             "method": method.name,
             # the training loss never changes image features: switching it keeps the cache
@@ -132,10 +136,12 @@ def encode_images(
     num_workers: int = 0,
     on_batch: Callable[[list[str], Features], None] | None = None,
     desc: str = "encode images",
+    precision: str = "fp32",
     on_error: Callable[[str, str, str], None] | None = None,
 ) -> FeatureTable | None:
     """Encode ``ids`` with ``method.encode_images``; returns the table, or streams each
     batch to ``on_batch`` (and returns None) so callers can keep only what they need.
+    ``precision`` is a resolved precision (``encoding.precision``); features come back float32.
     ``on_error(id, reason, message)``: unreadable images are reported to it and left out
     (with ``on_batch`` only) instead of stopping the run."""
     ids = list(dict.fromkeys(ids))
@@ -164,7 +170,8 @@ def encode_images(
                 batch_ids = ids[start : start + batch["pixels"].shape[0]]
                 start += len(batch_ids)
             masks = batch["masks"].to(device) if "masks" in batch else None
-            feats = method.encode_images(batch["pixels"].to(device), masks)
+            with autocast(precision, device):
+                feats = method.encode_images(batch["pixels"].to(device), masks)
             feats = {k: v.detach().float().cpu() for k, v in feats.items()}
             if on_batch is not None:
                 on_batch(batch_ids, feats)
@@ -186,6 +193,7 @@ def encode_image_table(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     num_workers: int = 0,
+    precision: str = "fp32",
 ) -> FeatureTable:
     """Encode ``ids`` once; with a frozen image encoder and a ``cache_dir`` the table is
     read from / written to ``cache_dir/<key>/<ids digest>.safetensors``."""
@@ -195,12 +203,12 @@ def encode_image_table(
     transform_name, transform = method_transform(method)
     cache_file = None
     if cache_dir is not None and method.requirements.image_encoder_frozen:
-        key = feature_cache_key(method, transform_name)
+        key = feature_cache_key(method, transform_name, precision)
         cache_file = Path(cache_dir) / key / f"{_ids_digest(ids)}.safetensors"
         if cache_file.is_file():
             log.info("feature cache hit: %s", cache_file)
             return FeatureTable(ids, load_file(str(cache_file)))
-    table = encode_images(method, dataset, ids, transform, batch_size, device, num_workers)
+    table = encode_images(method, dataset, ids, transform, batch_size, device, num_workers, precision=precision)
     assert table is not None
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)

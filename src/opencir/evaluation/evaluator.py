@@ -1,7 +1,7 @@
 """Model evaluation: encode the gallery once, compose queries, rank, score with the protocol.
 
 The same protocol objects score rankings files (``opencir eval-rankings``), so our models
-and anyone else's are measured by one piece of code. Ranking is chunked
+and anyone else's are measured by one piece of code. Ranking is tiled
 (``retrieval.exact.exact_top_k``): memory never holds a Q x N matrix.
 """
 from __future__ import annotations
@@ -17,17 +17,9 @@ from tqdm.auto import tqdm
 from ..data.types import CIRDataset, Triplet
 from ..methods.base import CIRMethod
 from ..retrieval.exact import exact_top_k
-from ..encoding.features import FeatureTable, encode_image_table
+from ..encoding.features import FeatureTable, TextFeatureCache, encode_image_table
+from ..encoding.precision import autocast, resolve_precision
 from .protocols import aggregate_parts, has_ground_truth
-
-SCORE_BUDGET_BYTES = 64 << 20
-"""Upper bound of one chunk of the (queries x gallery) float32 score block."""
-
-
-def chunk_rows(gallery_size: int, budget_bytes: int = SCORE_BUDGET_BYTES) -> int:
-    """Queries scored at once so a chunk of scores stays within ``budget_bytes``."""
-    return max(1, min(1024, budget_bytes // (4 * max(1, gallery_size))))
-
 
 @dataclass
 class EvalResult:
@@ -59,27 +51,44 @@ def embed_part(
     cache_dir: str | Path | None = None,
     num_workers: int = 0,
     table: FeatureTable | None = None,
+    text_cache: TextFeatureCache | None = None,
+    precision: str = "fp32",
 ) -> QueryEmbeddings:
-    """Gallery and query embeddings of one dataset part (every image encoded once)."""
+    """Gallery and query embeddings of one dataset part (every image encoded once).
+
+    ``text_cache`` (frozen text towers) reuses text features across calls, e.g. the
+    trainer's validation after every epoch. ``precision`` (resolved) applies to image and
+    text encoding and composition; embeddings are float32."""
     method.eval()
     triplets = list(dataset.triplets)
     ids = list(dict.fromkeys([*dataset.gallery_ids, *(t.reference_id for t in triplets)]))
     if table is None:
-        table = encode_image_table(method, dataset, ids, cache_dir, batch_size, device, num_workers)
-    gallery = torch.cat(
-        [
-            method.embed_targets(table.gather(dataset.gallery_ids[i : i + batch_size], device)).float().cpu()
-            for i in range(0, len(dataset.gallery_ids), batch_size)
-        ]
-    )
+        table = encode_image_table(method, dataset, ids, cache_dir, batch_size, device, num_workers, precision)
+    with autocast(precision, device):
+        gallery = torch.cat(
+            [
+                method.embed_targets(table.gather(dataset.gallery_ids[i : i + batch_size], device)).float().cpu()
+                for i in range(0, len(dataset.gallery_ids), batch_size)
+            ]
+        )
     rng = random.Random(0)
-    queries = []
-    for i in tqdm(range(0, len(triplets), batch_size), desc="compose queries", leave=False, disable=None):
-        chunk = triplets[i : i + batch_size]
-        reference = table.gather([t.reference_id for t in chunk], device)
-        text = method.encode_texts([method.query_text(dataset, t, False, rng) for t in chunk])
-        queries.append(method.compose(reference, text).float().cpu())
-    return QueryEmbeddings(triplets, torch.cat(queries), list(dataset.gallery_ids), gallery, table)
+    texts = [method.query_text(dataset, t, False, rng) for t in triplets]
+    encode_texts = text_cache if text_cache is not None else method.encode_texts
+    # Batches of similar length: each text batch is trimmed after its longest text
+    # (ClipBackbone.trim_padding), so sorting saves most of the padding; order is restored.
+    order = sorted(range(len(triplets)), key=lambda row: len(texts[row]), reverse=True)
+    queries: torch.Tensor | None = None
+    for i in tqdm(range(0, len(order), batch_size), desc="compose queries", leave=False, disable=None):
+        rows = order[i : i + batch_size]
+        reference = table.gather([triplets[row].reference_id for row in rows], device)
+        with autocast(precision, device):
+            composed = method.compose(reference, encode_texts([texts[row] for row in rows])).float().cpu()
+        if queries is None:
+            queries = torch.empty(len(triplets), composed.shape[1], dtype=torch.float32)
+        queries[torch.as_tensor(rows)] = composed
+    if queries is None:
+        queries = torch.empty(0, gallery.shape[1] if gallery.ndim == 2 else 0)
+    return QueryEmbeddings(triplets, queries, list(dataset.gallery_ids), gallery, table)
 
 
 def rank_part(
@@ -90,9 +99,7 @@ def rank_part(
     exclude = None
     if exclude_reference:
         exclude = [[position[t.reference_id]] if t.reference_id in position else [] for t in embeddings.triplets]
-    scores, indices = exact_top_k(
-        embeddings.queries, embeddings.gallery, depth, exclude, chunk_size=chunk_rows(len(embeddings.gallery_ids))
-    )
+    scores, indices = exact_top_k(embeddings.queries, embeddings.gallery, depth, exclude)
     rankings, ranking_scores, subsets = {}, {}, {}
     for row, t in enumerate(embeddings.triplets):
         valid = scores[row] > float("-inf")
@@ -115,8 +122,14 @@ def evaluate(
     cache_dir: str | Path | None = None,
     num_workers: int = 0,
     keep_rankings: bool = False,
+    text_cache: TextFeatureCache | None = None,
+    precision: str = "fp32",
 ) -> EvalResult:
-    """Official metrics of ``method`` on ``dataset`` (per part, plus ``avg/`` over parts)."""
+    """Official metrics of ``method`` on ``dataset`` (per part, plus ``avg/`` over parts).
+
+    ``precision``: ``fp32`` (default, exact), ``bf16``, ``fp16`` (CUDA) or ``auto``
+    (``encoding.precision``)."""
+    precision = resolve_precision(precision, device)
     parts = dataset.evaluation_parts()
     per_part: dict[str, dict[str, float]] = {}
     result = EvalResult(metrics={})
@@ -128,7 +141,7 @@ def evaluate(
         needed = {*part.gallery_ids, *(t.reference_id for t in part.triplets)}
         if table is None or not needed.issubset(table.index):
             table = None  # parts sharing their images (ImageNet domains) reuse one encoding
-        embeddings = embed_part(method, part, batch_size, device, cache_dir, num_workers, table)
+        embeddings = embed_part(method, part, batch_size, device, cache_dir, num_workers, table, text_cache, precision)
         rankings, scores, subsets = rank_part(
             embeddings, protocol.ranking_depth, protocol.exclude_reference, protocol.uses_subsets
         )

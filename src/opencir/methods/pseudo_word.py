@@ -229,22 +229,14 @@ class PseudoWordMethod(CIRMethod):
         ids = self.tokenize(texts)
         return {"token_ids": ids, "placeholder_index": self.placeholder_positions(ids, texts)}
 
-    def _trimmed(self, token_ids: torch.Tensor, spare: int = 0) -> torch.Tensor:
-        """Drop padding columns after the last EOT (+``spare``): exact under CLIP's causal
-        mask (EOT never attends to later slots) and several times cheaper."""
-        if self.backbone.model.attn_mask is None:
-            return token_ids
-        keep = min(token_ids.shape[1], int(self.backbone.eot_positions(token_ids).max()) + 1 + spare)
-        return token_ids[:, :keep]
-
     def encode_plain_text(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Pooled (B, D) text features of token ids without injection."""
-        return self.backbone.text_tokens(self._trimmed(token_ids)).pooled
+        return self.backbone.encode_text(token_ids)
 
     def encode_with_pseudo(self, token_ids: torch.Tensor, pseudo: torch.Tensor, positions: torch.Tensor,
                            insert: bool) -> torch.Tensor:
         """Pooled (B, D) text features with S* (B, W_t) injected at ``positions`` (B,)."""
-        ids = self._trimmed(token_ids, spare=int(insert))
+        ids = self.backbone.trim_padding(token_ids, spare=int(insert))
         return self.backbone.encode_text_with_pseudo_tokens(ids, pseudo, positions, insert=insert)
 
     # ---------------------------------------------------------- composition

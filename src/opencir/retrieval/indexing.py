@@ -132,10 +132,11 @@ class EncodedShard:
 @torch.no_grad()
 def encode_shard(method: "CIRMethod", catalogue: Catalogue, entries: Sequence[CatalogueEntry],
                  batch_size: int = 64, device: torch.device | str = "cpu", num_workers: int = 0,
-                 on_error: str = "fail", keep_features: bool = False) -> EncodedShard:
-    """Encode catalogue entries; ``on_error="skip"`` leaves unreadable images out (listed
-    in ``skipped``) instead of raising ImageLoadError."""
+                 on_error: str = "fail", keep_features: bool = False, precision: str = "fp32") -> EncodedShard:
+    """Encode catalogue entries (``precision`` resolved); ``on_error="skip"`` leaves
+    unreadable images out (listed in ``skipped``) instead of raising ImageLoadError."""
     from ..encoding.features import encode_images, method_transform
+    from ..encoding.precision import autocast
 
     ids: list[str] = []
     parts: list[np.ndarray] = []
@@ -144,7 +145,8 @@ def encode_shard(method: "CIRMethod", catalogue: Catalogue, entries: Sequence[Ca
     paths = {e.image_id: str(e.path) for e in entries}
 
     def collect(batch_ids: list[str], feats: Mapping[str, torch.Tensor]) -> None:
-        target = method.embed_targets({k: v.to(device) for k, v in feats.items()})
+        with autocast(precision, device):
+            target = method.embed_targets({k: v.to(device) for k, v in feats.items()})
         parts.append(target.float().cpu().numpy())
         ids.extend(batch_ids)
         if keep_features:
@@ -158,7 +160,7 @@ def encode_shard(method: "CIRMethod", catalogue: Catalogue, entries: Sequence[Ca
     _, transform = method_transform(method)
     try:
         encode_images(method, catalogue.as_dataset(), [e.image_id for e in entries], transform, batch_size,
-                      device, num_workers, on_batch=collect, desc="encode shard",
+                      device, num_workers, on_batch=collect, desc="encode shard", precision=precision,
                       on_error=skip if on_error == "skip" else None)
     except ImageLoadError as err:
         raise ImageLoadError(f"{err} (--on-error skip indexes the other images and lists the bad ones)",
@@ -169,9 +171,11 @@ def encode_shard(method: "CIRMethod", catalogue: Catalogue, entries: Sequence[Ca
 
 
 def encode_entries(method: "CIRMethod", catalogue: Catalogue, entries: Sequence[CatalogueEntry],
-                   batch_size: int = 64, device: torch.device | str = "cpu", num_workers: int = 0) -> np.ndarray:
-    """Target embeddings (len(entries), D) float32 of catalogue entries (every one must be readable)."""
-    return encode_shard(method, catalogue, entries, batch_size, device, num_workers).vectors
+                   batch_size: int = 64, device: torch.device | str = "cpu", num_workers: int = 0,
+                   precision: str = "fp32") -> np.ndarray:
+    """Target embeddings (len(entries), D) float32 of catalogue entries (``precision``
+    resolved; every image must be readable)."""
+    return encode_shard(method, catalogue, entries, batch_size, device, num_workers, precision=precision).vectors
 
 
 def _features_fit(features: Mapping[str, np.ndarray] | None) -> bool:
@@ -210,6 +214,7 @@ def index_catalogue(
     num_workers: int = 0,
     on_shard: Callable[[int], None] | None = None,
     model_dir: str | Path | None = None,
+    precision: str = "fp32",
     on_error: str = "skip",
     reference_features: ReferenceFeatures = "auto",
 ) -> IndexReport:
@@ -218,11 +223,19 @@ def index_catalogue(
     ``backend``/``backend_options`` apply when the index is created (default ``exact``);
     an existing index keeps its own. ``on_shard(n)`` is called after shard ``n`` is on disk.
     ``model_dir`` (where ``method`` was loaded from) is recorded so that search and serve
-    can find the model without being told. ``on_error``: ``skip`` unreadable images (and
-    list them in ``IDX/ingest-report.json``) or ``fail`` at the first one.
-    ``reference_features``: store the images' reference-side features (``auto``: when
-    they are small, see REFERENCE_FEATURES_MAX_BYTES); applies when the index is created.
+    can find the model without being told. ``precision`` (``fp32``, ``bf16``, ``auto`` ...,
+    see ``encoding.precision``) is the compute precision of the image encoder; it is
+    recorded in the manifest, and shards of a killed job are reused only at the same one.
+    ``on_error``: ``skip`` unreadable images (and list them in ``IDX/ingest-report.json``)
+    or ``fail`` at the first one. ``reference_features``: store the images' reference-side
+    features (``auto``: when they are small, see REFERENCE_FEATURES_MAX_BYTES); applies
+    when the index is created. They are keyed by the fingerprint and the precision: a
+    retriever (fp32) uses only features encoded at fp32, so its by-id queries equal the
+    re-encoding path.
     """
+    from ..encoding.precision import resolve_precision
+
+    precision = resolve_precision(precision, device)
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     check_on_error(on_error)
@@ -232,18 +245,22 @@ def index_catalogue(
     lock = acquire_writer_lock(out)
     try:
         model = model_description(method)
+        model["precision"] = precision
         if model_dir is not None:
             model["directory"] = str(Path(model_dir).resolve())
         return _index_locked(method, catalogue, out, backend, backend_options, shard_size, batch_size,
-                             device, num_workers, on_shard, model, on_error, reference_features)
+                             device, num_workers, on_shard, model, on_error, reference_features, precision)
     finally:
         release_writer_lock(lock)
 
 
 def _index_locked(method, catalogue, out, backend, backend_options, shard_size, batch_size, device,
-                  num_workers, on_shard, model, on_error, reference_features) -> IndexReport:
+                  num_workers, on_shard, model, on_error, reference_features, precision="fp32") -> IndexReport:
     started = _now()
     fingerprint = model_fingerprint(method)
+    # shards of a killed job (and stored reference features) are reused only when encoded
+    # by the same model at the same precision
+    job_key = fingerprint if precision == "fp32" else f"{fingerprint}+{precision}"
     store = IndexStore.open(out, writable=True, take_lock=False) if (out / MANIFEST).is_file() else None
     try:
         if store is not None:
@@ -251,11 +268,11 @@ def _index_locked(method, catalogue, out, backend, backend_options, shard_size, 
             if backend is not None and backend != store.manifest["backend"]["name"]:
                 log.warning("%s keeps its %r backend; --backend %s applies to new indexes only",
                             out, store.manifest["backend"]["name"], backend)
-            keep: bool | None = store.manifest.get("reference_features_key") == fingerprint
+            keep: bool | None = store.manifest.get("reference_features_key") == job_key
         else:
             keep = {"on": True, "off": False, "auto": None}[reference_features]  # auto: decided on the first shard
         build = out / BUILD
-        shards = finished_shards(build, fingerprint)
+        shards = finished_shards(build, job_key)
         in_shards = {i for s in shards for i in s.ids} | {k.image_id for s in shards for k in s.skipped}
         indexed = {e.image_id for e in catalogue.entries if store is not None and e.image_id in store}
         pending = [e for e in catalogue.entries if e.image_id not in indexed and e.image_id not in in_shards]
@@ -263,7 +280,7 @@ def _index_locked(method, catalogue, out, backend, backend_options, shard_size, 
             method.eval()
             check_backend_preconditions(method, backend or "exact", backend_options, len(pending), device)
         build.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(build / JOB_FILE, {"fingerprint": fingerprint})
+        atomic_write_json(build / JOB_FILE, {"fingerprint": job_key})
         reused = len(shards)
         if shards:
             log.info("resuming: %d finished shards (%d images) found in %s", reused, len(in_shards), build)
@@ -276,7 +293,7 @@ def _index_locked(method, catalogue, out, backend, backend_options, shard_size, 
             for start in range(0, len(pending), shard_size):
                 chunk = pending[start : start + shard_size]
                 encoded = encode_shard(method, catalogue, chunk, batch_size, device, num_workers, on_error,
-                                       keep_features=keep is not False)
+                                       keep_features=keep is not False, precision=precision)
                 if keep is None and encoded.ids:
                     keep = _features_fit(encoded.features)
                 vectors_file, ids_file = _shard_paths(build, number)
@@ -295,7 +312,7 @@ def _index_locked(method, catalogue, out, backend, backend_options, shard_size, 
         report_file = out / REPORT_FILE
         try:
             store, added = _commit_shards(store, shards, catalogue, out, fingerprint, model, backend,
-                                          backend_options, bool(keep))
+                                          backend_options, job_key if keep else None)
         except NothingToIndex:
             _write_report(report_file, catalogue, on_error, started, 0, len(indexed), skipped)
             raise ValueError(f"none of the {len(catalogue.entries) + len(catalogue.skipped)} catalogue images "
@@ -337,9 +354,11 @@ def _write_report(path: Path, catalogue: Catalogue, on_error: str, started: str,
 
 def _commit_shards(store: IndexStore | None, shards: list[Shard], catalogue: Catalogue, out: Path,
                    fingerprint: str, model: Mapping[str, Any], backend: str | None,
-                   backend_options: Mapping[str, Any] | None, keep_features: bool = False) -> tuple[IndexStore, int]:
-    """Move the shards' vectors (and reference features) into the index (one new
-    generation); returns (store, added)."""
+                   backend_options: Mapping[str, Any] | None,
+                   features_key: str | None = None) -> tuple[IndexStore, int]:
+    """Move the shards' vectors (and, with a ``features_key``, their reference features)
+    into the index (one new generation); returns (store, added)."""
+    keep_features = features_key is not None
     entries = {e.image_id: e for e in catalogue.entries}
     ids: list[str] = []
     parts: list[np.ndarray] = []
@@ -353,7 +372,7 @@ def _commit_shards(store: IndexStore | None, shards: list[Shard], catalogue: Cat
         vectors = np.concatenate(parts)
         if store is None:
             store = IndexStore.create(out, vectors.shape[1], backend or "exact", backend_options,
-                                      fingerprint, model, take_lock=False, keep_reference_features=keep_features)
+                                      fingerprint, model, take_lock=False, reference_features_key=features_key)
         features = None
         if keep_features and all(f is not None for f in feature_parts):
             features = {name: np.concatenate([f[name] for f in feature_parts]) for name in feature_parts[0]}

@@ -259,9 +259,10 @@ class IndexStore:
     @classmethod
     def create(cls, directory: str | Path, dim: int, backend: str, backend_options: Mapping[str, Any] | None,
                fingerprint: str, model: Mapping[str, Any], take_lock: bool = True,
-               keep_reference_features: bool = False) -> "IndexStore":
-        """A new, empty, writable index; nothing is on disk until ``commit``.
-        ``keep_reference_features``: store the images' reference-side features given to ``add``."""
+               reference_features_key: str | None = None) -> "IndexStore":
+        """A new, empty, writable index; nothing is on disk until ``commit``. With a
+        ``reference_features_key`` (what produced them: the model fingerprint, plus the
+        precision when not fp32) the reference-side features given to ``add`` are stored."""
         directory = Path(directory)
         if (directory / MANIFEST).exists():
             raise FileExistsError(f"{directory} already holds an index; open it to add images")
@@ -280,7 +281,7 @@ class IndexStore:
             "records_file": None,
             "segments": [],
             "segment_features": {},
-            "reference_features_key": fingerprint if keep_reference_features else None,
+            "reference_features_key": reference_features_key,
             "files": {},
             "created": _now(),
         }

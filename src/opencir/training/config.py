@@ -50,6 +50,8 @@ class TrainConfig:
     step_gamma: float = 0.1
     grad_clip: float | None = None
     amp: bool = True
+    precision: str = "auto"
+    """auto (fp16 autocast on CUDA when amp, else fp32) | fp32 | bf16 (CPU or CUDA) | fp16 (CUDA)."""
     seed: int = 42
     num_workers: int = 0
     drop_last: bool = True

@@ -28,6 +28,7 @@ from ..evaluation.evaluator import evaluate, select_score
 from ..methods.base import CIRMethod, Features
 from ..methods.io import load_weights_into, save_model
 from .config import RunConfig, save_run_config
+from ..encoding.precision import autocast, resolve_training_precision
 from ..encoding.features import FeatureTable, TextFeatureCache, encode_image_table, load_pixels, method_transform
 from .optim import OPTIMIZERS, SCHEDULES
 
@@ -81,7 +82,14 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.out = Path(config.output_dir)
         self.req = method.requirements
-        self.use_amp = self.cfg.amp and self.device.type == "cuda"
+        self.precision = resolve_training_precision(self.cfg.precision, self.cfg.amp, self.device)
+        self.use_amp = self.precision == "fp16"  # the grad scaler is for fp16 only
+
+    @property
+    def encode_precision(self) -> str:
+        """Precision of the feature cache and validation: bf16 when training in bf16, else
+        fp32 (fp16 training on CUDA keeps its fp32 cache, as before precision existed)."""
+        return "bf16" if self.precision == "bf16" else "fp32"
 
     # ------------------------------------------------------------ examples
     def _examples(self) -> list[Any]:
@@ -196,7 +204,8 @@ class Trainer:
         table = None
         if self.req.image_encoder_frozen:
             ids = sorted({k for e in examples for k in self._image_keys(e)})
-            table = encode_image_table(method, self.train_set, ids, self.config.cache_dir, cfg.eval_batch_size, self.device, cfg.num_workers)
+            table = encode_image_table(method, self.train_set, ids, self.config.cache_dir, cfg.eval_batch_size, self.device,
+                                       cfg.num_workers, precision=self.encode_precision)
         texts = TextFeatureCache(method, self.device, enabled=self.req.text_encoder_frozen)
 
         for epoch in range(start_epoch):  # rebuild the text cache exactly as the killed run had it
@@ -213,7 +222,7 @@ class Trainer:
             bar = tqdm(zip(plans, epoch_texts, self._image_batches(examples, plans, table)), total=len(plans),
                        desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=None)
             for plan, strings, slots in bar:
-                with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+                with autocast(self.precision, self.device):
                     images = self._encode_slots(slots, from_table=table is not None)
                     batch = self._assemble(examples, plan, images, texts(strings) if strings else None)
                     losses = method.loss(batch)
@@ -232,7 +241,8 @@ class Trainer:
             record.update({f"train/{k}": v / max(1, len(plans)) for k, v in totals.items()})
             if self.val_set is not None and (epoch + 1) % cfg.val_every == 0:
                 result = evaluate(method, self.val_set, cfg.eval_batch_size, self.device,
-                                  self.config.cache_dir if self.req.image_encoder_frozen else None, cfg.num_workers)
+                                  self.config.cache_dir if self.req.image_encoder_frozen else None, cfg.num_workers,
+                                  text_cache=texts if texts.enabled else None, precision=self.encode_precision)
                 record.update({f"val/{k}": v for k, v in result.metrics.items()})
                 score = select_score(result.metrics, cfg.select_metrics)
                 if best["score"] is None or score > best["score"]:
