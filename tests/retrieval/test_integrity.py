@@ -246,3 +246,30 @@ def test_milvus_lite_held_by_another_process_names_it(tmp_path, capfd):
         holder.wait()
     with IndexStore.open(tmp_path) as store:
         assert len(store) == 5
+
+
+def test_a_backend_error_during_a_racing_open_is_retried(tmp_path, monkeypatch):
+    """FAISS reports a file removed between the size check and the read as a RuntimeError:
+    when the manifest changed meanwhile the open retries; when it did not, the error stands."""
+    import faiss
+
+    build(tmp_path)
+    real_read = faiss.read_index
+    state = {"calls": 0}
+
+    def vanishing(path, *args):
+        state["calls"] += 1
+        if state["calls"] == 1:  # a writer commits twice while this reader is opening
+            for i in range(2):
+                with IndexStore.open(tmp_path, writable=True) as store:
+                    store.add([f"late{i}"], unit_rows(1, 50 + i), ["p"])
+                    store.commit()
+            raise RuntimeError(f"Error: could not open {path} for reading: No such file or directory")
+        return real_read(path, *args)
+
+    monkeypatch.setattr(faiss, "read_index", vanishing)
+    with IndexStore.open(tmp_path) as store:
+        assert len(store) == 42 and state["calls"] >= 2
+    monkeypatch.setattr(faiss, "read_index", lambda *a: (_ for _ in ()).throw(RuntimeError("broken")))
+    with pytest.raises(RuntimeError, match="broken"):
+        IndexStore.open(tmp_path)

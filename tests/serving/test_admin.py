@@ -163,6 +163,7 @@ def test_concurrent_search_load_sees_adds_and_deletes_and_never_a_deleted_id(ind
             original = [item["id"] for item in setup.get("/v1/gallery?limit=200").json()["items"]]
         total = len(original) + 40
         deleted_at: dict[str, float] = {}  # id -> when its delete returned
+        deleting: set[str] = set()  # ids whose delete request was sent
         added_at: dict[str, float] = {}
         lock = threading.Lock()
         failures: list[str] = []
@@ -183,7 +184,7 @@ def test_concurrent_search_load_sees_adds_and_deletes_and_never_a_deleted_id(ind
                     response = client.post("/v1/search", json={"ref_id": reference, "text": "bigger", "k": total})
                     if response.status_code != 200:
                         with lock:  # the reference was maybe deleted while we chose it: only then is 404 fine
-                            if not (response.status_code == 404 and reference in deleted_at):
+                            if not (response.status_code == 404 and reference in deleting):
                                 failures.append(f"{response.status_code} for {reference}: {response.text}")
                         continue
                     returned = {hit["id"] for hit in response.json()["results"]}
@@ -208,6 +209,8 @@ def test_concurrent_search_load_sees_adds_and_deletes_and_never_a_deleted_id(ind
                         added_at[new_id] = time.monotonic()
                     if step % 2 == 0:
                         victim = victims[step // 2]
+                        with lock:
+                            deleting.add(victim)
                         response = writer.delete(f"/v1/index/images/{victim}")
                         assert response.status_code == 200, response.text
                         with lock:

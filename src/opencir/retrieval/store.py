@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 2  # 2: file checksums and stored reference features
 MANIFEST = "manifest.json"
 DATA = DATA_DIR
-OPEN_ATTEMPTS = 5  # opens that lose a race with committing writers are retried this often
+OPEN_ATTEMPTS = 10  # opens that lose a race with committing writers are retried this often
 
 
 class FingerprintMismatch(ValueError):
@@ -178,6 +178,11 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path} has format_version {manifest['format_version']}; this OpenCIR reads <= {FORMAT_VERSION}")
     check_manifest(manifest, path)
     return manifest
+
+
+def _identity(manifest: Mapping[str, Any]) -> Any:
+    """What tells two generations apart (format 1 manifests have no checksum)."""
+    return manifest.get("checksum") or (manifest["generation"], manifest.get("updated"))
 
 
 def manifest_files(manifest: Mapping[str, Any], backend: IndexBackend | None = None) -> list[str]:
@@ -314,13 +319,9 @@ class IndexStore:
             manifest = read_manifest(directory)
             try:
                 return cls._open_generation(directory, manifest, writable, take_lock)
-            except (FileNotFoundError, IndexDamagedError):
-                try:
-                    newer = read_manifest(directory)
-                except (FileNotFoundError, ValueError):
-                    raise
-                if newer.get("checksum", newer["generation"]) == manifest.get("checksum", manifest["generation"]) \
-                        or attempt == OPEN_ATTEMPTS - 1:
+            except Exception:  # noqa: BLE001 - a backend reports a file removed under it as any error (FAISS: RuntimeError)
+                newer = read_manifest(directory)
+                if _identity(newer) == _identity(manifest) or attempt == OPEN_ATTEMPTS - 1:
                     raise  # the generation itself is damaged, not replaced under us
                 log.debug("generation %s of %s was replaced while opening; retrying", manifest["generation"], directory)
         raise AssertionError("unreachable")
