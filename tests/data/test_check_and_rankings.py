@@ -157,8 +157,8 @@ def test_rank_part_is_chunked_and_matches_a_full_sort():
         row = full[i].clone()
         row[i] = float("-inf")
         assert rankings[t.query_id] == [ids[j] for j in torch.argsort(row, descending=True)[:50].tolist()]
-        members = list(t.subset_ids)
-        assert subsets[t.query_id] == sorted(members, key=lambda m: -float(full[i, ids.index(m)]))
+        others = [m for m in t.subset_ids if m != t.reference_id]  # the removed reference ranks last
+        assert subsets[t.query_id] == [*sorted(others, key=lambda m: -float(full[i, ids.index(m)])), t.reference_id]
 
 
 def test_model_evaluation_and_rankings_file_agree(tmp_path):

@@ -49,7 +49,8 @@ def test_val_counts_both_conventions(fiq_root):
     assert len(full.triplets) == sum(VAL_QUERIES.values())
     assert full.image_path("B0084Y8XIU") == fiq_root / "images" / "B0084Y8XIU.png"
     assert full.image_path("B0084Y8XIU").is_file()
-    assert load_dataset("fashioniq", fiq_root, "val", gallery="original-split").parts["dress"].gallery_ids == full.parts["dress"].gallery_ids
+    original = load_dataset("fashioniq", fiq_root, "val", gallery="original-split").parts["dress"]
+    assert original.gallery_ids == full.parts["dress"].gallery_ids and original.protocol.exclude_reference is True
 
 
 def test_train_and_test_splits(fiq_root):
@@ -80,6 +81,7 @@ def test_caption_policies_on_a_real_record(fiq_root):
     caps = ("is shiny and silver, ", "Fit and flare.")
     assert apply_caption_policy("clip4cir", caps, False) == "Is shiny and silver and Fit and flare"
     assert apply_caption_policy("tgcir", caps, False) == "is shiny and silver and fit and flare"
+    assert apply_caption_policy("reversed", caps, False) == "Fit and flare and is shiny and silver"
     assert apply_caption_policy("pic2word", caps, False) == "Fit and flare. and is shiny and silver, "
     assert len({apply_caption_policy("clip4cir", caps, True, rng) for _ in range(200)}) == 4
 
@@ -101,7 +103,10 @@ def test_spelling_corrections_and_image_folder_variants(tmp_path):
     (tmp_path / "correction_dict_dress.json").write_text(json.dumps({"blu": "blue", "lnger": "longer"}))
     write_placeholder_images(tmp_path / "resized_image" / "dress" / f"A{i}.jpg" for i in (1, 2, 3))
     ds = load_dataset("fashioniq", tmp_path, "val", category="dress", corrections="auto")
-    assert ds.triplets[0].captions == ("is blue", "longer sleeves")
+    assert ds.triplets[0].captions == ("Is Blu!", "lnger sleeves")  # raw: methods apply their own rule
+    assert ds.info["spelling_dictionaries"] == {"dress": {"blu": "blue", "lnger": "longer"}}
+    assert ds.triplets[0].extra["spelling_dictionary"] == "dress"
+    assert load_dataset("fashioniq", tmp_path, "val", category="dress", corrections="none").info["spelling_dictionaries"] == {}
     assert ds.image_path("A3") == tmp_path / "resized_image" / "dress" / "A3.jpg"
     assert ds.images["A3"].mask_path == tmp_path / "resized_image" / "dress_segmask" / "A3-seg.png"
     with pytest.raises(LayoutError, match="shirt val captions not found"):
@@ -131,12 +136,14 @@ def test_metrics_by_hand_and_category_average(tmp_path):
         "dress/R@1": 50.0, "dress/R@10": 100.0, "dress/R@50": 100.0, "dress/Avg": 100.0,
         "shirt/R@1": 0.0, "shirt/R@10": 0.0, "shirt/R@50": 100.0, "shirt/Avg": 50.0,
         "avg/R@1": 25.0, "avg/R@10": 50.0, "avg/R@50": 100.0, "avg/Avg": 75.0,
+        "gallery_convention": "full-val",  # every FashionIQ metrics dict names its convention
     }
     # val-split: gallery {d1..d4} (d5 unused) and the reference removed
     vs = load_dataset("fashioniq", tmp_path, "val", category="dress", gallery="val-split", require_images=False)
     assert vs.gallery_ids == ["d1", "d2", "d3", "d4"]
     out = evaluate_rankings(vs, {"dress/0": ["d1", "d3", "d4", "d2"], "dress/1": ["d4", "d1", "d2"]})
-    assert out == {"R@1": 50.0, "R@10": 100.0, "R@50": 100.0, "Avg": 100.0}  # d2 at rank 3 once d1 is removed
+    assert out == {"R@1": 50.0, "R@10": 100.0, "R@50": 100.0, "Avg": 100.0,  # d2 at rank 3 once d1 is removed
+                   "gallery_convention": "val-split"}
     with pytest.raises(ValueError, match="'d5', which is not in the fashioniq/val gallery"):
         evaluate_rankings(vs, {"dress/0": ["d5", "d3", "d4", "d2"], "dress/1": ["d4", "d1", "d2"]})
 

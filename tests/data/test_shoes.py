@@ -85,7 +85,9 @@ def test_corrections_and_errors(tmp_path):
     root = _fixture(tmp_path)
     (root / "correction_dict_shoes.json").write_text(json.dumps({"redd": "red"}))
     ds = load_dataset("shoes", root, "test", require_images=False, corrections="auto")
-    assert ds.triplets[0].captions == ("is red",)
+    assert ds.info["spelling_dictionaries"] == {"shoes": {"redd": "red"}} and ds.info["spelling_dictionary"] == "shoes"
+    with pytest.raises(LayoutError, match="Shoes spelling dictionary not found"):
+        load_dataset("shoes", root, "test", require_images=False, corrections=str(tmp_path / "elsewhere"))
     with pytest.raises(LayoutError, match="Shoes image folders not found"):
         load_dataset("shoes", root, "test")
     (root / "relative_captions_shoes.json").write_text(json.dumps([{"ReferenceImageName": "e1.jpg", "ImageName": "e2.jpg"}]))

@@ -39,7 +39,8 @@ def test_star_is_one_token_and_prompts_follow_the_dataset(method):
                          extra={ZERO_SHOT_PROMPT_KEY: "a photo of {placeholder} and {text}"}, captions=("dog and cat",))
     assert method.query_text(per_query, per_query.triplets[0], False, rng) == "a photo of * and dog and cat"
     fashion = _dataset(captions=("is red.", "has long sleeves"))
-    assert method.query_text(fashion, fashion.triplets[0], False, rng) == "a photo of * , has long sleeves and is red"
+    # the official "a photo of * , {} and {}".format(c2, c1): raw captions, nothing stripped
+    assert method.query_text(fashion, fashion.triplets[0], False, rng) == "a photo of * , has long sleeves and is red."
     with pytest.raises(ValueError, match="no \\{placeholder\\} slot"):
         render_prompt("a photo of {text}", "*", "x")
 

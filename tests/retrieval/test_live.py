@@ -152,3 +152,23 @@ def test_features_encoded_at_bf16_are_not_used_by_an_fp32_retriever(tmp_path, mo
         calls = count_encoder_calls(retriever.method)
         retriever.search("img002", "bigger", k=3)
         assert calls == [1]
+
+
+def test_mixed_batches_of_stored_and_encoded_references_rank_like_re_encoding(built, model_dir, image_folder):
+    """Several references (a gallery id with stored features, an image file) and a batch of
+    queries: the stored rows and the encoded rows are put back in the right order."""
+    from pathlib import Path
+
+    from opencir.retrieval.query import QuerySpec, Weighted
+
+    spec = QuerySpec((Weighted("img001"), Weighted(Path(image_folder / "img009.png"), 0.5), Weighted("img004")),
+                     (Weighted("make it red"),))
+    queries = [spec, ("img002", "bigger"), (Path(image_folder / "img010.png"), "bigger")]
+    with Retriever(built, model_dir) as stored, Retriever(built, model_dir, use_stored_features=False) as fresh:
+        calls = count_encoder_calls(stored.method)
+        a = stored.search_many(queries, k=6)
+        b = fresh.search_many(queries, k=6)
+        assert calls == [2]  # one encoder call, for the two image files only
+    for x, y in zip(a, b):
+        assert [h.image_id for h in x.hits] == [h.image_id for h in y.hits]
+        np.testing.assert_allclose([h.score for h in x.hits], [h.score for h in y.hits], atol=1e-5)

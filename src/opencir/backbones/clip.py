@@ -8,6 +8,13 @@ Three ways to build one (``BackboneSpec``):
 * ``arch="small-vit"`` (or ``tiny-vit``, ``tiny-rn``), ``pretrained=None``: a small
   architecture from ``backbones/configs/*.json`` with random weights (tests, offline demo).
 
+Activation: OpenAI CLIP weights were trained with QuickGELU, which open_clip's plain
+architecture names (``ViT-B-16``) do not use; loading them into a GELU model runs but
+drifts every feature (about 5e-3). ``BackboneSpec.quick_gelu=None`` (default) therefore
+switches to QuickGELU whenever the weights are OpenAI's (an open_clip tag whose config
+says so, e.g. ``openai``, or a local OpenAI checkpoint file), and records it in the spec
+so saved models rebuild with it; ``quick_gelu=False`` with OpenAI weights is refused.
+
 Token-level features follow spec section 1.2: vision tokens before and after ``ln_post``
 (ViT only) and text tokens after ``ln_final`` (all 77 positions, padding included).
 """
@@ -15,7 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+import logging
+import zipfile
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +50,9 @@ class BackboneSpec:
     cache_dir: str | None = None
     grad_checkpointing: bool = False
     """Recompute transformer blocks in the backward pass (less memory, ~30% more compute)."""
+    quick_gelu: bool | None = None
+    """MLP activation: None = what the weights need (QuickGELU for OpenAI weights, else the
+    architecture's default); True/False force it (False with OpenAI weights is refused)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,24 +76,113 @@ class ImageTokens:
     post_ln_post: torch.Tensor
 
 
-def _build_open_clip(spec: BackboneSpec) -> tuple[nn.Module, Any]:
+OPENAI_STATE_KEYS = (b"input_resolution", b"context_length", b"vocab_size")
+"""Entries only OpenAI's released CLIP files hold next to the weights."""
+
+
+def is_openai_checkpoint(path: str | Path) -> bool:
+    """Whether a local file is an OpenAI CLIP release: its pickle (a TorchScript archive,
+    OpenAI's format, or a state dict) holds OpenAI's ``input_resolution`` /
+    ``context_length`` / ``vocab_size`` entries next to the weights. Only the archive's
+    small pickle part is read, never the tensors."""
+    path = Path(path)
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        header = next((n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+        return header is not None and all(key in archive.read(header) for key in OPENAI_STATE_KEYS)
+
+
+def weights_need_quick_gelu(arch: str, pretrained: str | None) -> bool:
+    """Whether ``pretrained`` weights were trained with QuickGELU: an open_clip tag whose
+    config says so (``openai``...) or a local OpenAI checkpoint file."""
+    if not pretrained:
+        return False
+    if Path(pretrained).expanduser().is_file():
+        return is_openai_checkpoint(Path(pretrained).expanduser())
     import open_clip
 
+    return bool(open_clip.get_pretrained_cfg(arch, pretrained).get("quick_gelu", False))
+
+
+def uses_quick_gelu(model: nn.Module) -> bool:
+    """Whether the CLIP transformer blocks of ``model`` use QuickGELU."""
+    from open_clip.transformer import QuickGELU
+
+    return any(isinstance(m, QuickGELU) for m in model.modules())
+
+
+def set_quick_gelu(model: nn.Module, quick: bool) -> int:
+    """Swap the MLP activation of every CLIP transformer block (it has no parameters):
+    QuickGELU when ``quick``, else exact GELU. Returns how many were swapped."""
+    from open_clip.transformer import QuickGELU, ResidualAttentionBlock
+
+    swapped = 0
+    for block in model.modules():
+        if not isinstance(block, ResidualAttentionBlock):
+            continue
+        for name, child in list(block.mlp.named_children()):
+            if isinstance(child, nn.GELU) and quick:
+                setattr(block.mlp, name, QuickGELU())
+            elif isinstance(child, QuickGELU) and not quick:
+                setattr(block.mlp, name, nn.GELU())
+            else:
+                continue
+            swapped += 1
+    return swapped
+
+
+def _resolve_quick_gelu(spec: BackboneSpec) -> bool | None:
+    """The activation to force (None: the architecture's default); refuses a GELU model
+    for OpenAI weights."""
+    needs = weights_need_quick_gelu(spec.arch, spec.pretrained)
+    if needs and spec.quick_gelu is False:
+        raise ValueError(
+            f"backbone {spec.arch!r} with pretrained {spec.pretrained!r}: these are OpenAI CLIP weights, trained "
+            "with QuickGELU; quick_gelu=false would load them into exact GELU and drift every feature. Remove "
+            "quick_gelu (automatic) or set it to true"
+        )
+    return True if needs and spec.quick_gelu is None else spec.quick_gelu
+
+
+def _build_open_clip(spec: BackboneSpec) -> tuple[nn.Module, Any, bool | None]:
+    import open_clip
+
+    quick = _resolve_quick_gelu(spec)
     config_file = CONFIG_DIR / f"{spec.arch}.json"
     if config_file.is_file():
         cfg = json.loads(config_file.read_text())
         model = open_clip.model.CLIP(**cfg)
         if spec.pretrained:
             state = torch.load(spec.pretrained, map_location="cpu", weights_only=True)
-            model.load_state_dict(state.get("state_dict", state))
-        return model, open_clip.tokenizer.SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])
-    if spec.arch not in open_clip.list_models():
-        raise ValueError(
-            f"unknown backbone architecture {spec.arch!r}: neither an open_clip model "
-            f"(see open_clip.list_models()) nor a small config ({', '.join(list_small_configs())})"
+            state = dict(state.get("state_dict", state))
+            for key in OPENAI_STATE_KEYS:  # OpenAI's files carry these next to the weights
+                state.pop(key.decode(), None)
+            model.load_state_dict(state)
+        tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])
+    else:
+        if spec.arch not in open_clip.list_models():
+            raise ValueError(
+                f"unknown backbone architecture {spec.arch!r}: neither an open_clip model "
+                f"(see open_clip.list_models()) nor a small config ({', '.join(list_small_configs())})"
+            )
+        model = open_clip.create_model(spec.arch, pretrained=spec.pretrained, cache_dir=spec.cache_dir,
+                                       force_quick_gelu=bool(quick))
+        tokenizer = open_clip.get_tokenizer(spec.arch, cache_dir=spec.cache_dir)
+    if quick is not None and uses_quick_gelu(model) != quick:
+        set_quick_gelu(model, quick)
+    if quick and spec.quick_gelu is None:
+        logging.getLogger(__name__).info(
+            "backbone %s: %s holds OpenAI CLIP weights; using QuickGELU as they were trained with", spec.arch, spec.pretrained
         )
-    model = open_clip.create_model(spec.arch, pretrained=spec.pretrained, cache_dir=spec.cache_dir)
-    return model, open_clip.get_tokenizer(spec.arch, cache_dir=spec.cache_dir)
+    return model, tokenizer, quick
+
+
+def count_tokens(tokenizer: Any, text: str) -> int:
+    """Tokens of ``text`` with start and end tokens, untruncated, for a CLIP-style tokenizer
+    called as ``tokenizer([text], context_length=L)`` (zero-padded rows)."""
+    ids = tokenizer([text], context_length=len(text.encode("utf-8")) + 8)[0]
+    return int(ids.nonzero().max()) + 1  # the end token is the last non-padding one
 
 
 class ClipBackbone(nn.Module):
@@ -89,8 +190,9 @@ class ClipBackbone(nn.Module):
 
     def __init__(self, spec: BackboneSpec) -> None:
         super().__init__()
-        self.spec = spec
-        self.model, self.tokenizer = _build_open_clip(spec)
+        self.model, self.tokenizer, quick = _build_open_clip(spec)
+        # record a corrected activation, so that a saved model rebuilds with it
+        self.spec = replace(spec, quick_gelu=True) if quick and spec.quick_gelu is None else spec
         self.model.float()
         if spec.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
@@ -123,6 +225,18 @@ class ClipBackbone(nn.Module):
     @property
     def context_length(self) -> int:
         return int(self.model.positional_embedding.shape[0])
+
+    @property
+    def uses_quick_gelu(self) -> bool:
+        """Whether the transformer MLPs use QuickGELU (OpenAI CLIP) rather than exact GELU."""
+        return uses_quick_gelu(self.model)
+
+    def set_activation(self, quick_gelu: bool) -> bool:
+        """Switch the MLP activation (QuickGELU or GELU) and record it in ``spec``;
+        returns whether anything changed."""
+        changed = set_quick_gelu(self.model, quick_gelu) > 0
+        self.spec = replace(self.spec, quick_gelu=quick_gelu)
+        return changed
 
     @property
     def is_vit(self) -> bool:
@@ -242,6 +356,8 @@ class ClipBackbone(nn.Module):
     def fingerprint(self) -> str:
         """SHA-256 over architecture and weights: identifies the features this backbone makes."""
         digest = hashlib.sha256(json.dumps(self.spec.arch).encode())
+        if self.uses_quick_gelu:  # same weights, other activation: other features
+            digest.update(b"activation=quick_gelu")
         for name, tensor in sorted(self.model.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())

@@ -18,9 +18,9 @@ def _add(parser: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from ..commands.eval import parse_options
-    from ..data.check import SPLITS, check_images, load_annotations_only
+    from ..data.check import check_images, dataset_splits, load_annotations_only
 
-    splits = [args.split] if args.split else list(SPLITS.get(args.dataset) if args.dataset in SPLITS else ("train", "val", "test"))
+    splits = [args.split] if args.split else list(dataset_splits(args.dataset))
     options = parse_options(args.option)
     failed = 0
     for split in splits:

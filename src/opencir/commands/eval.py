@@ -75,8 +75,12 @@ def _run(args: argparse.Namespace) -> int:
         if result.subset_rankings:  # CIRR: lets `opencir eval-rankings --subset-rankings` reproduce Rsubset
             (out / "subset_rankings.json").write_text(json.dumps(result.subset_rankings))
         if args.plots:
-            keys = [k for k in result.metrics if "/" not in k or k.startswith("avg/")][:8]  # summary, not per part
-            bar_plot({method.name: result.metrics}, keys, out / "metrics.png", title=f"{args.dataset} {args.split}")
+            from ..evaluation.protocols import numeric_metrics
+
+            numbers = numeric_metrics(result.metrics)  # without the gallery_convention label
+            keys = [k for k in numbers if "/" not in k or k.startswith("avg/")][:8]  # summary, not per part
+            title = " ".join([args.dataset, args.split, *(str(v) for v in result.metrics.values() if isinstance(v, str))])
+            bar_plot({method.name: numbers}, keys, out / "metrics.png", title=title)
             scored = [t.query_id for t in dataset.triplets if t.target_ids][:6]
             if scored:
                 retrieval_grid(dataset, result.rankings, scored, out / "retrieval_grid.png")

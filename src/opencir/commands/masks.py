@@ -40,11 +40,9 @@ def _add(parser: argparse.ArgumentParser) -> None:
 
 
 def _default_splits(dataset: str) -> tuple[str, ...]:
-    try:
-        from ..data.check import SPLITS
-    except ImportError:
-        return DEFAULT_SPLITS
-    return SPLITS.get(dataset) if dataset in SPLITS else DEFAULT_SPLITS
+    from ..data.check import dataset_splits
+
+    return dataset_splits(dataset, DEFAULT_SPLITS)
 
 
 def _load_splits(args: argparse.Namespace) -> list:

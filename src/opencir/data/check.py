@@ -249,6 +249,14 @@ def load_annotations_only(name: str, root: str | Path, split: str, **options: An
     return load_dataset(name, root, split, **options)
 
 
+def dataset_splits(name: str, default: Sequence[str] = ("train", "val", "test")) -> tuple[str, ...]:
+    """The splits a dataset registers in :data:`SPLITS` (every built-in dataset imported
+    first, so none is missed), or ``default`` for one that registers none."""
+    from . import _import_all  # noqa: F401  (readers register their split lists on import)
+
+    return tuple(SPLITS.get(name)) if name in SPLITS else tuple(default)
+
+
 def ids_to_check(dataset: CIRDataset) -> list[str]:
     """Every image id of ``dataset`` except derived ones (``info["derived_prefix"]``,
     e.g. COCO composition's generated query crops, which are made from gallery images)."""

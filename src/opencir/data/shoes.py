@@ -16,9 +16,11 @@ official files both images are always in the same list: 8,990 train, 1,761 eval)
 Query ids are the record's index in the caption file; image ids are file names.
 
 Protocol: the gallery is every image of the split's list, the reference is excluded,
-R@1/10/50 and their mean ``Avg``. TG-CIR/OFFSET's text cleaning is the ``"tgcir"``
-caption policy; their ``correction_dict_shoes.json`` is applied at load time with
-``corrections="auto"`` or a folder [INFERRED file name].
+R@1/10/50 and their mean ``Avg``. Triplets keep the raw captions. TG-CIR/OFFSET clean
+them (lower-case, ASCII punctuation to spaces) and apply ``correction_dict_shoes.json``
+at query time (``data/captions.py``); ``corrections="auto"`` (default) loads that file
+from ``root`` (where the official code reads it) or ``root/annotations`` when present, a
+folder requires it there, ``"none"`` loads none.
 
 Every image record carries its OFFSET mask file in ``mask_path`` (official naming,
 ``masks/layouts.py``); ``opencir masks`` writes those files.
@@ -28,7 +30,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..evaluation.protocols import RecallProtocol
-from .captions import normalise_text
+from .captions import SPELLING_DICTIONARIES_KEY, SPELLING_NAME_KEY
 from .check import (
     SPLITS,
     AnnotationError,
@@ -100,7 +102,7 @@ def load_shoes(
     split: str,
     require_images: bool = True,
     caption_policy: str = "first",
-    corrections: str | None = None,
+    corrections: str | None = "auto",
 ) -> CIRDataset:
     """Shoes ``split`` ("train" or "test"; "eval"/"val" accepted) from ``root``."""
     split = resolve_split(split, SHOES_SPLITS, {"eval": "test", "val": "test"}, "shoes")
@@ -121,8 +123,7 @@ def load_shoes(
             raise AnnotationError(
                 f"{cap_path}: {where}: reference {reference} is in {list_path.name} but target {target} is not"
             )
-        text = normalise_text(caption, fix) if fix is not None else caption
-        triplets.append(Triplet(str(index), reference, (text,), (target,)))
+        triplets.append(Triplet(str(index), reference, (caption,), (target,)))
     found = _image_index(root, require_images)
     captions = _single_captions(root)
     images = {n: _record(n, found.get(n, root / n), captions.get(n), root) for n in names}
@@ -135,5 +136,6 @@ def load_shoes(
         gallery_ids=names,
         protocol=shoes_protocol(),
         caption_policy=caption_policy,
-        info={"captions_file": str(cap_path), "list_file": str(list_path)},
+        info={"captions_file": str(cap_path), "list_file": str(list_path), SPELLING_NAME_KEY: "shoes",
+              SPELLING_DICTIONARIES_KEY: {"shoes": fix} if fix is not None else {}},
     )

@@ -19,13 +19,15 @@ from ..methods.base import CIRMethod
 from ..retrieval.exact import exact_top_k
 from ..encoding.features import FeatureTable, TextFeatureCache, encode_image_table
 from ..encoding.precision import autocast, resolve_precision
-from .protocols import aggregate_parts, has_ground_truth
+from .protocols import aggregate_parts, has_ground_truth, protocol_labels
+
 
 @dataclass
 class EvalResult:
-    """Metrics (percent), and per query id the ranked gallery ids and subset rankings."""
+    """Metrics (percent; plus ``gallery_convention`` where a benchmark has several), and per
+    query id the ranked gallery ids and subset rankings."""
 
-    metrics: dict[str, float]
+    metrics: dict[str, float | str]
     rankings: dict[str, list[str]] = field(default_factory=dict)
     subset_rankings: dict[str, list[str]] = field(default_factory=dict)
     scores: dict[str, list[float]] = field(default_factory=dict)
@@ -91,10 +93,37 @@ def embed_part(
     return QueryEmbeddings(triplets, queries, list(dataset.gallery_ids), gallery, table)
 
 
+def subset_ranking(
+    embeddings: QueryEmbeddings,
+    row: int,
+    ranking: Sequence[str],
+    subset_ids: Sequence[str],
+    excluded: str | None,
+    position: dict[str, int],
+) -> list[str]:
+    """CIRR subset ranking derived from the global ``ranking`` (as the official code
+    filters its global ranking to ``img_set.members``): members in their global order;
+    members below the global cut follow by score, ties in gallery order (the order a
+    full stable sort would give); an ``excluded`` reference comes last (its official
+    score is -1e11)."""
+    members = [m for m in dict.fromkeys(subset_ids) if m in position]
+    listed, member_set = set(ranking), set(members)
+    ordered = [i for i in ranking if i in member_set]
+    rest = [m for m in members if m not in listed and m != excluded]
+    if rest:
+        rows = torch.tensor([position[m] for m in rest], dtype=torch.long)
+        scores = (embeddings.gallery.index_select(0, rows) @ embeddings.queries[row]).tolist()
+        ordered += [m for _, _, m in sorted(zip((-s for s in scores), (position[m] for m in rest), rest))]
+    if excluded is not None and excluded in members:
+        ordered.append(excluded)
+    return ordered
+
+
 def rank_part(
     embeddings: QueryEmbeddings, depth: int, exclude_reference: bool, with_subsets: bool
 ) -> tuple[dict[str, list[str]], dict[str, list[float]], dict[str, list[str]]]:
-    """Top-``depth`` gallery ids per query (reference removed if asked) and subset rankings."""
+    """Top-``depth`` gallery ids per query (reference removed if asked) and the subset
+    rankings derived from them (:func:`subset_ranking`)."""
     position = {image_id: row for row, image_id in enumerate(embeddings.gallery_ids)}
     exclude = None
     if exclude_reference:
@@ -106,11 +135,8 @@ def rank_part(
         rankings[t.query_id] = [embeddings.gallery_ids[j] for j in indices[row][valid]]
         ranking_scores[t.query_id] = scores[row][valid].tolist()
         if with_subsets and t.subset_ids:
-            members = [m for m in t.subset_ids if m in position]
-            member_rows = torch.tensor([position[m] for m in members], dtype=torch.long)
-            member_scores = embeddings.gallery.index_select(0, member_rows) @ embeddings.queries[row]
-            order = torch.argsort(member_scores, descending=True, stable=True)
-            subsets[t.query_id] = [members[j] for j in order.tolist()]
+            excluded = t.reference_id if exclude_reference else None
+            subsets[t.query_id] = subset_ranking(embeddings, row, rankings[t.query_id], t.subset_ids, excluded, position)
     return rankings, ranking_scores, subsets
 
 
@@ -152,13 +178,13 @@ def evaluate(
             result.subset_rankings.update(subsets)
             result.scores.update(scores)
         table = embeddings.table
-    result.metrics = aggregate_parts(per_part)
+    result.metrics = {**aggregate_parts(per_part), **protocol_labels(dataset)} if per_part else {}
     return result
 
 
-def select_score(metrics: dict[str, float], names: Sequence[str]) -> float:
+def select_score(metrics: dict[str, float | str], names: Sequence[str]) -> float:
     """Sum of the named metrics: the model-selection score (e.g. TG-CIR's sum of 7 CIRR metrics)."""
-    missing = [n for n in names if n not in metrics]
+    missing = [n for n in names if n not in metrics or isinstance(metrics[n], str)]
     if missing:
         raise KeyError(f"selection metrics {missing} not among {sorted(metrics)}")
     return sum(metrics[n] for n in names)

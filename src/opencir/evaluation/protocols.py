@@ -80,12 +80,15 @@ class RecallProtocol:
 
     ``averages`` maps a summary name to the metric names it averages, e.g.
     ``{"Avg": ["R@5", "Rsubset@1"]}`` for CIRR or ``{"Avg": ["R@1", "R@10", "R@50"]}`` for Shoes.
+    ``gallery_convention`` names how the gallery was built when a benchmark has several
+    incomparable ones (FashionIQ); metrics dicts carry it (:func:`protocol_labels`).
     """
 
     ks: tuple[int, ...] = (1, 5, 10, 50)
     exclude_reference: bool = True
     subset_ks: tuple[int, ...] = ()
     averages: dict[str, list[str]] = field(default_factory=dict)
+    gallery_convention: str | None = None
 
     @property
     def ranking_depth(self) -> int:
@@ -195,6 +198,26 @@ def aggregate_parts(per_part: Mapping[str, Mapping[str, float]]) -> dict[str, fl
     return metrics
 
 
+GALLERY_CONVENTION_KEY = "gallery_convention"
+"""Key of a metrics dict naming the gallery convention (a string, not a metric)."""
+
+
+def protocol_labels(dataset: CIRDataset) -> dict[str, str]:
+    """``{"gallery_convention": name}`` when the dataset's protocol names one (FashionIQ:
+    "full-val", "full-val-no-reference" or "val-split"), else ``{}``; added to every metrics
+    dict so numbers of incomparable conventions are never mixed up."""
+    names = {getattr(p.protocol, GALLERY_CONVENTION_KEY, None) for p in dataset.evaluation_parts().values()}
+    names.discard(None)
+    if len(names) > 1:
+        raise ValueError(f"{dataset.name}/{dataset.split}: parts use different gallery conventions {sorted(names)}")
+    return {GALLERY_CONVENTION_KEY: names.pop()} if names else {}
+
+
+def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The metrics without their labels (``gallery_convention``): numbers only."""
+    return {k: v for k, v in metrics.items() if not isinstance(v, str)}
+
+
 def has_ground_truth(dataset: CIRDataset) -> bool:
     """Whether any query of ``dataset`` has a target (False on hidden test splits)."""
     return any(t.target_ids for t in dataset.triplets)
@@ -246,10 +269,11 @@ def evaluate_rankings(
     rankings: Mapping[str, Sequence[str]],
     subset_rankings: Mapping[str, Sequence[str]] | None = None,
     validate: bool = True,
-) -> dict[str, float]:
+) -> dict[str, float | str]:
     """Official metrics of ``dataset`` from ranked gallery ids keyed by query id.
 
-    Each evaluation part is scored by its protocol, then :func:`aggregate_parts`.
+    Each evaluation part is scored by its protocol, then :func:`aggregate_parts`; the
+    :func:`protocol_labels` (FashionIQ's gallery convention) are added.
     """
     per_part: dict[str, dict[str, float]] = {}
     for name, part in dataset.evaluation_parts().items():
@@ -263,7 +287,7 @@ def evaluate_rankings(
         if validate:
             validate_rankings(part, rankings)
         per_part[name] = part.protocol.evaluate(part.triplets, rankings, subset_rankings)
-    return aggregate_parts(per_part)
+    return {**aggregate_parts(per_part), **protocol_labels(dataset)}
 
 
 def parse_rankings(data: Any, source: str) -> dict[str, list[str]]:

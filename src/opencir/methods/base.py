@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Sequence
 
 import torch
@@ -85,6 +86,12 @@ class CIRMethod(nn.Module):
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     checkpoint_format: ClassVar[str] = ""
     """A short tag stored in saved model dirs, checked on load."""
+    official_quick_gelu: ClassVar[bool | None] = None
+    """Activation of the CLIP the official code runs: True = OpenAI CLIP (QuickGELU),
+    False = OpenCLIP/LAION (exact GELU), None = no official checkpoints. Official
+    checkpoints get this activation (``official.match_official_activation``)."""
+    official_arch: ClassVar[str] = ""
+    """The backbone of the released checkpoints (``opencir import-checkpoint`` default)."""
 
     def __init__(self, backbone: ClipBackbone, config: MethodConfig) -> None:
         super().__init__()
@@ -153,6 +160,21 @@ class CIRMethod(nn.Module):
         if req.image_encoder_frozen and req.text_encoder_frozen:
             self.backbone.eval()
         return self
+
+    # ------------------------------------------------------ official weights
+    @classmethod
+    def official_config(cls, paths: Sequence[str | Path]) -> dict[str, Any]:
+        """Method-config keys a set of released checkpoint files implies (e.g. CLIP4Cir's
+        Combiner file means ``stage: combiner``); default none."""
+        return {}
+
+    def import_official(self, paths: Sequence[str | Path]) -> dict[str, Any]:
+        """Load released official checkpoint files into this model, one report per file
+        (``opencir import-checkpoint``). Methods without official checkpoints refuse."""
+        loader = getattr(self, "load_official_checkpoint", None)
+        if loader is None:
+            raise ValueError(f"method {self.name!r} has no official checkpoint format to import")
+        return {str(path): loader(path) for path in paths}
 
     def freeze_backbone(self, image: bool, text: bool) -> None:
         """Stop gradients into the image tower and/or the text tower."""

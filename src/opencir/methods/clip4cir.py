@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from ..backbones import ClipBackbone
 from .base import METHODS, CIRMethod, ContrastiveConfig, Features, Requirements, normalize
-from .official import describe_foreign_checkpoint, read_official_checkpoint, strip_module_prefix
+from .official import describe_foreign_checkpoint, match_official_activation, read_official_checkpoint, strip_module_prefix
 
 STAGES = ("finetune", "combiner")
 ENCODER_CHOICES = ("both", "image", "text")
@@ -86,6 +86,8 @@ class Clip4Cir(CIRMethod):
 
     name = "clip4cir"
     config_class = Clip4CirConfig
+    official_quick_gelu = True  # OpenAI CLIP
+    official_arch = "RN50x4"
     checkpoint_format = "clip4cir"
 
     def __init__(self, backbone: ClipBackbone, config: Clip4CirConfig) -> None:
@@ -126,6 +128,23 @@ class Clip4Cir(CIRMethod):
         return {**out.logs, "loss": out.loss, "contrastive": out.loss.detach()}
 
     # ----------------------------------------------------- official weights
+    @classmethod
+    def official_config(cls, paths: Sequence[str | Path]) -> dict[str, Any]:
+        """``stage: combiner`` when one of the files holds a ``"Combiner"``."""
+        holds = [read_official_checkpoint(p, "clip4cir") for p in paths]
+        return {"stage": "combiner"} if any(isinstance(h, Mapping) and "Combiner" in h for h in holds) else {}
+
+    def import_official(self, paths: Sequence[str | Path]) -> dict[str, Any]:
+        """Stage-1 ``CLIP`` file and/or ``Combiner`` file; without a ``CLIP`` file the
+        backbone must come from ``pretrained`` (CLIP4Cir's Combiner on the original CLIP)."""
+        reports = super().import_official(paths)
+        if not any("CLIP" in r for r in reports.values()) and not self.backbone.spec.pretrained:
+            raise ValueError(
+                "no official file holds the fine-tuned 'CLIP' weights and no --pretrained backbone was given; pass the "
+                "stage-1 file (tuned_clip_*.pt) too, or --pretrained for the original CLIP"
+            )
+        return reports
+
     def load_official_checkpoint(self, path: str | Path) -> dict[str, Any]:
         """Load an official CLIP4Cir file: ``{"CLIP": state}`` (stage 1) or
         ``{"Combiner": state}`` (stage 2), read safely (``opencir.methods.official``).
@@ -147,4 +166,5 @@ class Clip4Cir(CIRMethod):
                 raise ValueError(f"{path} holds a Combiner but this model is stage {self.config.stage!r}; use stage=combiner")
             self.combiner.load_state_dict(strip_module_prefix(state["Combiner"]))
             report["Combiner"] = "loaded"
+        match_official_activation(self, path)  # CLIP4Cir fine-tunes OpenAI CLIP: QuickGELU
         return report

@@ -151,6 +151,8 @@ class ContextI2W(PseudoWordMethod):
 
     name = "context-i2w"
     config_class = ContextI2WConfig
+    official_quick_gelu = True  # OpenAI CLIP
+    official_arch = "ViT-L-14"
     checkpoint_format = "context-i2w"
     placeholder = REPLACE_TOKEN
 

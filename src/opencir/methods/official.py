@@ -13,6 +13,9 @@ One safe reader for every method's ``load_official_checkpoint``:
   parameters and persistent buffers of a pickled model), DataParallel prefix removed.
 * ``strip_module_prefix``: drop a DataParallel ``module.`` prefix.
 * ``describe_foreign_checkpoint``: a hint naming the method a wrong checkpoint belongs to.
+* ``match_official_activation``: give the backbone the activation of the official CLIP
+  (OpenAI weights need QuickGELU), or refuse when the user forced the other one.
+* ``file_sha256``: the digest recorded by ``opencir import-checkpoint``.
 
 ``method`` is the registered method name (``tg-cir``, ``offset``, ``clip4cir``), used in
 error messages.
@@ -22,6 +25,8 @@ from __future__ import annotations
 import builtins
 import codecs
 import collections
+import hashlib
+import logging
 import pickle
 import struct
 import types
@@ -34,6 +39,46 @@ from torch import nn
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 """Keys under which a checkpoint file may nest its state dict (first match wins)."""
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def match_official_activation(method: Any, source: str | Path) -> bool:
+    """Make ``method.backbone`` use the activation its official CLIP was trained with
+    (``type(method).official_quick_gelu``: OpenAI CLIP needs QuickGELU, OpenCLIP-LAION
+    exact GELU). The activation has no weights, so a mismatch is corrected in place with a
+    warning; either way it is recorded in the backbone spec (the saved model rebuilds with it);
+    a backbone whose spec forces the other activation is refused. Returns whether it
+    switched."""
+    want = type(method).official_quick_gelu
+    backbone = method.backbone
+    if want is None:
+        return False
+    if backbone.uses_quick_gelu == want:
+        if backbone.spec.quick_gelu is None:
+            backbone.set_activation(want)  # pin it: the saved model rebuilds with it whatever the default
+        return False
+    names = {True: "QuickGELU", False: "exact GELU"}
+    if backbone.spec.quick_gelu is not None:
+        raise ValueError(
+            f"{source}: official {method.name} checkpoints were trained with {names[want]} "
+            f"({'OpenAI CLIP' if want else 'OpenCLIP'}), but this backbone forces quick_gelu="
+            f"{str(backbone.spec.quick_gelu).lower()}; its features would drift. Build the backbone with "
+            f"quick_gelu={str(want).lower()} (or leave it unset)"
+        )
+    backbone.set_activation(want)
+    logging.getLogger(__name__).warning(
+        "%s: official %s weights need %s (the backbone used %s); switched the backbone's activation "
+        "(recorded as quick_gelu=%s)", source, method.name, names[want], names[not want], str(want).lower()
+    )
+    return True
 
 
 def strip_module_prefix(state: Mapping[str, Any], prefix: str = "module.") -> dict[str, Any]:

@@ -23,17 +23,21 @@ the whole pickled model that the official ``train.py`` saves, without importing 
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from ..backbones import ClipBackbone
 from .base import METHODS, CIRMethod, ContrastiveConfig, Features, Requirements, normalize
-from .official import describe_foreign_checkpoint, read_official_state_dict, strip_module_prefix
-from .tgcir import matching_degree_kl  # the same regulariser (spec 1.5)
+from .official import describe_foreign_checkpoint, match_official_activation, read_official_state_dict, strip_module_prefix
+from .tgcir import matching_degree_kl, official_query_text  # the same regulariser (spec 1.5) and text rule
+
+if TYPE_CHECKING:
+    from ..data.types import CIRDataset, Triplet
 
 
 @dataclass
@@ -56,6 +60,9 @@ class OffsetConfig(ContrastiveConfig):
     image_transform: str = "clip"
     train_image_transform: str = "clip-train"
     """open_clip's train crop, drawn independently for an image and its mask (as official)."""
+    require_spelling_corrections: bool = True
+    """Refuse FashionIQ/Shoes without the official spelling dictionaries (False: warn);
+    the official OFFSET code always applies them."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -164,6 +171,8 @@ class Offset(CIRMethod):
 
     name = "offset"
     config_class = OffsetConfig
+    official_quick_gelu = False  # OpenCLIP ViT-H-14 LAION-2B
+    official_arch = "ViT-H-14"
     checkpoint_format = "offset"
 
     def __init__(self, backbone: ClipBackbone, config: OffsetConfig) -> None:
@@ -193,6 +202,10 @@ class Offset(CIRMethod):
             train_image_transform=self.config.train_image_transform,
             caption_policy="tgcir",
         )
+
+    def query_text(self, dataset: "CIRDataset", triplet: "Triplet", train: bool, rng: random.Random) -> str:
+        """The official OFFSET text: TG-CIR's rule (``tgcir.official_query_text``)."""
+        return official_query_text(self, dataset, triplet, train, rng)
 
     def train(self, mode: bool = True) -> "Offset":
         super().train(mode)
@@ -304,6 +317,7 @@ class Offset(CIRMethod):
         if missing or unexpected:
             raise ValueError(f"{path} does not fit this OFFSET model (backbone {self.backbone.spec.arch!r}): "
                              f"missing {missing[:6]}, unexpected {unexpected[:6]}")
+        match_official_activation(self, path)  # OpenCLIP ViT-H-14 (LAION-2B): exact GELU
         return {"loaded": len(mapped), "ignored": ignored}
 
 

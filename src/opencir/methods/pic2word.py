@@ -50,6 +50,8 @@ class Pic2Word(PseudoWordMethod):
 
     name = "pic2word"
     config_class = Pic2WordConfig
+    official_quick_gelu = True  # OpenAI CLIP
+    official_arch = "ViT-L-14"
     checkpoint_format = "pic2word"
     placeholder = "*"
 

@@ -19,9 +19,11 @@ braces in captions are safe). The template of a query is, first found:
 2. ``dataset.info["zero_shot_prompt"]`` (per-benchmark prompts, see ``BENCHMARK_PROMPTS``);
 3. the method's ``default_prompt`` (CIRR's "a photo of {placeholder} , {text}").
 
-``{text}`` is the query text from the caption policy; multi-caption benchmarks
-(FashionIQ) use the ``"reversed"`` policy ("{c2} and {c1}", spec 1.7). Texts handed to
-``encode_texts`` without the placeholder are wrapped in ``default_prompt``.
+``{text}`` is the query text from the caption policy, inserted as is (nothing stripped,
+as the official ``'a photo of * , {}'.format(...)``); multi-caption benchmarks (FashionIQ)
+use the ``"pic2word"`` policy: "{c2} and {c1}" of the raw captions, exactly as both
+official ``src/data.py`` build it (spec 1.7). Texts handed to ``encode_texts`` without the
+placeholder are wrapped in ``default_prompt``.
 """
 from __future__ import annotations
 
@@ -35,9 +37,10 @@ import torch
 from torch import nn
 
 from ..backbones import ClipBackbone
+from ..backbones.clip import count_tokens
 from ..data.types import ZERO_SHOT_PROMPT_KEY
 from .base import CIRMethod, Features, MethodConfig, Requirements, in_batch_cross_entropy, normalize
-from .official import read_official_checkpoint, strip_module_prefix
+from .official import match_official_activation, read_official_checkpoint, strip_module_prefix
 
 if TYPE_CHECKING:
     from ..data.types import CIRDataset, Triplet
@@ -47,7 +50,7 @@ PLACEHOLDER_SLOT, TEXT_SLOT = "{placeholder}", "{text}"
 DEFAULT_PROMPT = "a photo of {placeholder} , {text}"
 BENCHMARK_PROMPTS: dict[str, str] = {
     "cirr": "a photo of {placeholder} , {text}",
-    "fashioniq": "a photo of {placeholder} , {text}",  # text = "{c2} and {c1}" (policy "reversed")
+    "fashioniq": "a photo of {placeholder} , {text}",  # text = "{c2} and {c1}" raw (policy "pic2word")
     "circo": "a photo of {placeholder} , {text}",  # [INFERRED]: neither paper evaluates CIRCO
     "coco-composition": "a photo of {placeholder} and {text}",  # text = "{query class} and {others}"
     "imagenet-r": "a {text} of {placeholder}",  # text = the domain: cartoon, origami, toy, sculpture
@@ -63,7 +66,7 @@ def render_prompt(template: str, placeholder: str, text: str) -> str:
     """Fill a prompt template: ``render_prompt("a {text} of {placeholder}", "*", "toy")``."""
     if PLACEHOLDER_SLOT not in template:
         raise ValueError(f"zero-shot prompt template {template!r} has no {PLACEHOLDER_SLOT} slot")
-    return template.replace(TEXT_SLOT, text.strip()).replace(PLACEHOLDER_SLOT, placeholder)
+    return template.replace(TEXT_SLOT, text).replace(PLACEHOLDER_SLOT, placeholder)
 
 
 def prompt_template(dataset: "CIRDataset", triplet: "Triplet", default: str) -> str:
@@ -190,7 +193,7 @@ class PseudoWordMethod(CIRMethod):
             text_encoder_frozen=True,
             image_transform=cfg.image_transform,
             train_image_transform=cfg.train_image_transform,
-            caption_policy="reversed",
+            caption_policy="pic2word",
         )
 
     def train(self, mode: bool = True) -> "PseudoWordMethod":
@@ -211,6 +214,12 @@ class PseudoWordMethod(CIRMethod):
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Token ids (B, L) on the model's device, with this method's tokenizer."""
         return self.tokenizer(list(texts), context_length=self.backbone.context_length).to(self._device)
+
+    def text_token_count(self, text: str) -> int:
+        """Tokens of the prompt ``encode_texts`` builds from ``text`` (start and end included),
+        untruncated: what the query side checks against the context length."""
+        prompt = text if self.placeholder in text else render_prompt(self.config.default_prompt, self.placeholder, text)
+        return count_tokens(self.tokenizer, prompt)
 
     def placeholder_positions(self, token_ids: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         """Index of the first placeholder token per row (B,); fails naming a text without one."""
@@ -273,10 +282,22 @@ class PseudoWordMethod(CIRMethod):
         return official_parameter_groups(named, lr, weight_decay)
 
     # ----------------------------------------------------- official weights
-    def load_official_checkpoint(self, path: str | Path, load_clip: bool = False) -> dict[str, Any]:
+    def import_official(self, paths: Sequence[str | Path]) -> dict[str, Any]:
+        """The released file(s); CLIP weights come from the file when it has them, else
+        from the backbone's ``pretrained`` weights (the frozen original OpenAI CLIP)."""
+        reports = {str(p): self.load_official_checkpoint(p, load_clip=None) for p in paths}
+        if not any(r.get("clip") == "loaded" for r in reports.values()) and not self.backbone.spec.pretrained:
+            raise ValueError(
+                f"the {self.name} file holds no CLIP weights ('state_dict') and no --pretrained backbone was given: "
+                "pass --pretrained openai (or the OpenAI CLIP file) for the frozen CLIP"
+            )
+        return reports
+
+    def load_official_checkpoint(self, path: str | Path, load_clip: bool | None = False) -> dict[str, Any]:
         """Load a released checkpoint: ``{"state_dict_img2text": ..., "state_dict": CLIP}``
         (keys may carry DDP's ``module.``) or a bare mapping-network state dict. CLIP
-        weights are loaded only with ``load_clip`` (they are the frozen original CLIP)."""
+        weights are loaded only with ``load_clip`` (they are the frozen original CLIP);
+        ``load_clip=None`` loads them when the file has them."""
         state = read_official_checkpoint(path, self.name)
         if not isinstance(state, Mapping):
             raise ValueError(f"{path} is not a {self.name} checkpoint: it holds a {type(state).__name__}")
@@ -293,6 +314,8 @@ class PseudoWordMethod(CIRMethod):
         except RuntimeError as err:
             raise ValueError(f"{path}: mapping-network shapes do not fit backbone {self.backbone.spec.arch!r}: {err}") from err
         report: dict[str, Any] = {"img2text": "loaded", "epoch": state.get("epoch")}
+        if load_clip is None:
+            load_clip = isinstance(state.get("state_dict"), Mapping)
         if load_clip:
             if "state_dict" not in state:
                 raise ValueError(f"{path} has no 'state_dict' (CLIP weights) to load")
@@ -301,4 +324,5 @@ class PseudoWordMethod(CIRMethod):
             if bad:
                 raise ValueError(f"{path}: CLIP weights do not fit backbone {self.backbone.spec.arch!r}: {bad[:5]}")
             report["clip"] = "loaded"
+        match_official_activation(self, path)  # the frozen OpenAI CLIP: QuickGELU
         return report

@@ -24,17 +24,22 @@ official ``train.py`` writes as ``best_model.pt``) load with ``load_official_che
 from __future__ import annotations
 
 import re
+import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..backbones import ClipBackbone
+from ..data.captions import spelling_corrected_text
 from .base import METHODS, CIRMethod, ContrastiveConfig, Features, Requirements, in_batch_cross_entropy, normalize
-from .official import describe_foreign_checkpoint, read_official_state_dict
+from .official import describe_foreign_checkpoint, match_official_activation, read_official_state_dict
+
+if TYPE_CHECKING:
+    from ..data.types import CIRDataset, Triplet
 
 
 @dataclass
@@ -60,6 +65,10 @@ class TgCirConfig(ContrastiveConfig):
     backbone_lr: float = 1e-5
     image_transform: str = "clip"
     caption_policy: str = "tgcir"
+    """Policy for multi-caption benchmarks without a spelling dictionary; FashionIQ and
+    Shoes always get the official text (:func:`official_query_text`)."""
+    require_spelling_corrections: bool = True
+    """Refuse FashionIQ/Shoes without the official spelling dictionaries (False: warn)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -69,6 +78,19 @@ class TgCirConfig(ContrastiveConfig):
             )
         if self.kl_temperature <= 0:
             raise ValueError(f"tg-cir kl_temperature must be > 0, got {self.kl_temperature}")
+
+
+def official_query_text(method: CIRMethod, dataset: "CIRDataset", triplet: "Triplet", train: bool,
+                        rng: random.Random) -> str:
+    """TG-CIR/OFFSET query text as the official ``datasets.py`` prepares it (shared by both).
+
+    FashionIQ: "{c1} and {c2}", Shoes: the caption; each lower-cased, ASCII punctuation
+    (``string.punctuation``) replaced by spaces, re-split and spelling-corrected with the
+    benchmark's dictionary (``correct_text``); a missing dictionary is refused unless
+    ``require_spelling_corrections`` is false. CIRR and other benchmarks: the base rule
+    (CIRR captions are used raw)."""
+    text = spelling_corrected_text(dataset, triplet, method.name, method.config.require_spelling_corrections)
+    return text if text is not None else CIRMethod.query_text(method, dataset, triplet, train, rng)
 
 
 # ---------------------------------------------------------------------- modules
@@ -134,6 +156,8 @@ class TgCir(CIRMethod):
 
     name = "tg-cir"
     config_class = TgCirConfig
+    official_quick_gelu = True  # OpenAI CLIP
+    official_arch = "ViT-B-16"
     checkpoint_format = "tg-cir"
 
     def __init__(self, backbone: ClipBackbone, config: TgCirConfig) -> None:
@@ -158,6 +182,10 @@ class TgCir(CIRMethod):
     @property
     def requirements(self) -> Requirements:
         return Requirements(image_transform=self.config.image_transform, caption_policy=self.config.caption_policy)
+
+    def query_text(self, dataset: "CIRDataset", triplet: "Triplet", train: bool, rng: random.Random) -> str:
+        """The official TG-CIR text (:func:`official_query_text`)."""
+        return official_query_text(self, dataset, triplet, train, rng)
 
     def train(self, mode: bool = True) -> "TgCir":
         super().train(mode)
@@ -286,6 +314,7 @@ class TgCir(CIRMethod):
                 f"{path}: official TG-CIR weights do not fit this model (backbone {self.backbone.spec.arch!r}): "
                 f"missing {missing[:6]}, unexpected {list(result.unexpected_keys)[:6]}"
             )
+        match_official_activation(self, path)  # TG-CIR fine-tunes OpenAI CLIP ViT-B/16: QuickGELU
         return {"loaded": len(mapped), "ignored": ignored}
 
     def _check_official_sizes(self, mapped: Mapping[str, torch.Tensor], path: str | Path) -> None:

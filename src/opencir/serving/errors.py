@@ -10,8 +10,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
 
-HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
-              415: "unsupported_media_type", 422: "invalid_request"}
+HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "body_timeout",
+              413: "too_large", 415: "unsupported_media_type", 422: "invalid_request"}
+CLOSE_AFTER = {408, 413}
+"""Statuses answered before the body was read to its end: the connection is closed."""
 
 
 class ApiError(Exception):
@@ -23,7 +25,8 @@ class ApiError(Exception):
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+    headers = {"connection": "close"} if status in CLOSE_AFTER else None
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
 def _location(loc: tuple) -> str:

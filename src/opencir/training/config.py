@@ -20,6 +20,7 @@ class BackboneConfig:
     pretrained: str | None = "openai"
     cache_dir: str | None = None
     grad_checkpointing: bool = False
+    quick_gelu: bool | None = None  # None: QuickGELU exactly when the weights are OpenAI's (BackboneSpec)
 
 
 @dataclass
