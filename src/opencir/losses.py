@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Mapping, NamedTuple
+from typing import Any, Callable, ClassVar, Mapping, NamedTuple
 
 import torch
 from torch import nn
@@ -26,7 +26,9 @@ from torch import nn
 from .registry import Registry
 
 __all__ = [
+    "GATHER_KEY",
     "LOSSES",
+    "BatchGather",
     "ContrastiveLoss",
     "InfoNCE",
     "InfoNCEOptions",
@@ -35,6 +37,7 @@ __all__ = [
     "NegativeSensitiveOptions",
     "SimilarityMoments",
     "adaptive_threshold",
+    "batch_gather",
     "boundary_loss",
     "build_loss",
     "info_nce",
@@ -48,6 +51,29 @@ class LossOutput(NamedTuple):
 
     loss: torch.Tensor
     logs: dict[str, torch.Tensor]
+
+
+BatchGather = Callable[..., tuple[torch.Tensor, ...]]
+"""``gather(*rows) -> rows of the whole global batch``: each (b, ...) tensor of per-sample
+rows becomes the (B, ...) rows of every rank's (and micro-batch's) share, in batch order,
+with gradients flowing back to this process's rows (``opencir.training.distributed``)."""
+GATHER_KEY = "gather"
+"""The batch key under which the trainer passes the step's ``BatchGather``."""
+
+
+def _local_batch(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return tensors
+
+
+def batch_gather(batch: Mapping[str, Any]) -> BatchGather:
+    """The gatherer of a training batch; the identity for a batch of one process.
+
+    Methods pass the per-sample rows that feed batch-level terms (in-batch contrastive
+    losses, similarity regularisers, loss statistics) through it, so those terms see the
+    global batch under data parallelism and gradient accumulation; terms that are means
+    of per-sample values stay on the local rows. Only pass rows computed from this
+    process's samples (not from already gathered rows)."""
+    return batch.get(GATHER_KEY, _local_batch)
 
 
 class ContrastiveLoss(nn.Module):

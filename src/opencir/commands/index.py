@@ -1,4 +1,7 @@
-"""``opencir index``: embed a catalogue with a model's target encoder into an index directory."""
+"""``opencir index``: embed a catalogue with a model's target encoder into an index directory.
+
+Under ``torchrun --nproc_per_node N -m opencir index ...`` the shards are encoded by N
+ranks; rank 0 writes and commits one index, equal to a single-process one."""
 from __future__ import annotations
 
 import argparse
@@ -53,6 +56,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError("give --model DIR and --images DIR|manifest.csv (or --delete ID to remove images)")
     from ..methods import load_model
     from ..retrieval.catalogue import read_catalogue
+    from ..training.distributed import init_distributed
     from ..training.trainer import resolve_device
     from .eval import parse_options
 
@@ -61,13 +65,16 @@ def _run(args: argparse.Namespace) -> int:
         if (args.backend or "exact") != "faiss":
             raise ValueError("--factory needs --backend faiss")
         options["factory"] = args.factory
-    device = resolve_device(args.device)
+    context = init_distributed(args.device)  # under torchrun: the catalogue is encoded across ranks
+    device = context.device if context.distributed else resolve_device(args.device)
     catalogue = read_catalogue(args.images, args.on_error)
     method = load_model(args.model, device=device)
     report = index_catalogue(method, catalogue, args.out, args.backend, options, args.shard_size,
                              args.batch_size, device, args.num_workers, model_dir=args.model,
-                             precision=args.precision, on_error=args.on_error,
+                             precision=args.precision, sharding=context, on_error=args.on_error,
                              reference_features=args.reference_features)
+    if not context.is_main:
+        return 0
     print(json.dumps({
         "index": str(report.index_dir), "added": report.added, "already_indexed": report.already_indexed,
         "encoded_shards": report.encoded_shards, "resumed_shards": report.reused_shards, "total": report.total,

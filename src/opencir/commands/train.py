@@ -1,4 +1,7 @@
-"""``opencir train --config X.yaml key=value ...``: train any registered method."""
+"""``opencir train --config X.yaml key=value ...``: train any registered method.
+
+The same command under ``torchrun --nproc_per_node N -m opencir train ...`` trains
+data-parallel on N ranks (docs/training.md); ``train.batch_size`` stays the global batch."""
 from __future__ import annotations
 
 import argparse
@@ -17,7 +20,8 @@ def _run(args: argparse.Namespace) -> int:
     from ..training.run import run_training
 
     summary = run_training(args.config, args.overrides, resume=not args.no_resume)
-    print(json.dumps(summary, indent=2))
+    if summary.get("rank", 0) == 0:  # under torchrun: rank 0 reports for the job
+        print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -12,7 +12,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
@@ -26,6 +26,17 @@ from ..methods.base import CIRMethod, Features
 from .precision import autocast
 
 log = logging.getLogger(__name__)
+
+
+class Sharding(Protocol):
+    """Which share of the work this process does (``opencir.training.distributed.DistributedContext``)."""
+
+    rank: int
+    world_size: int
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` in rank order."""
+        ...
 
 
 @dataclass
@@ -194,28 +205,69 @@ def encode_image_table(
     device: torch.device | str = "cpu",
     num_workers: int = 0,
     precision: str = "fp32",
+    sharding: Sharding | None = None,
 ) -> FeatureTable:
     """Encode ``ids`` once; with a frozen image encoder and a ``cache_dir`` the table is
-    read from / written to ``cache_dir/<key>/<ids digest>.safetensors``."""
+    read from / written to ``cache_dir/<key>/<ids digest>.safetensors``.
+
+    With a ``sharding`` of several ranks (a collective: every rank calls it), each image
+    is encoded by one rank and every rank gets the whole table; rank 0 writes the cache.
+    The table is bit-identical to a single-process one (see ``encode_sharded``)."""
     from safetensors.torch import load_file, save_file
 
     ids = list(dict.fromkeys(ids))
     transform_name, transform = method_transform(method)
+    sharded = sharding is not None and sharding.world_size > 1
     cache_file = None
     if cache_dir is not None and method.requirements.image_encoder_frozen:
         key = feature_cache_key(method, transform_name, precision)
         cache_file = Path(cache_dir) / key / f"{_ids_digest(ids)}.safetensors"
-        if cache_file.is_file():
+        hits = sharding.all_gather_object(cache_file.is_file()) if sharded else [cache_file.is_file()]
+        if all(hits):
             log.info("feature cache hit: %s", cache_file)
             return FeatureTable(ids, load_file(str(cache_file)))
-    table = encode_images(method, dataset, ids, transform, batch_size, device, num_workers, precision=precision)
+    if sharded:
+        table = encode_sharded(method, dataset, ids, transform, batch_size, device, num_workers, sharding, precision)
+    else:
+        table = encode_images(method, dataset, ids, transform, batch_size, device, num_workers, precision=precision)
     assert table is not None
-    if cache_file is not None:
+    if cache_file is not None and (not sharded or sharding.rank == 0):
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_suffix(".tmp")
         save_file({k: v.contiguous() for k, v in table.tensors.items()}, str(tmp))
         tmp.replace(cache_file)
     return table
+
+
+def encode_sharded(
+    method: CIRMethod,
+    dataset: CIRDataset,
+    ids: Sequence[str],
+    transform: ImageTransform,
+    batch_size: int,
+    device: torch.device | str,
+    num_workers: int,
+    sharding: Sharding,
+    precision: str = "fp32",
+) -> FeatureTable:
+    """Encode ``ids`` over ranks: rank r takes batches r, r + W, r + 2W, ... of the very
+    batches one process would make (so every feature comes out of the same computation,
+    bit for bit), then the batches are exchanged and put back in order on every rank."""
+    ids = list(dict.fromkeys(ids))
+    numbers = list(range(sharding.rank, -(-len(ids) // batch_size), sharding.world_size))
+    mine = [i for n in numbers for i in ids[n * batch_size:(n + 1) * batch_size]]
+    parts: list[Features] = []
+    if mine:
+        encode_images(method, dataset, mine, transform, batch_size, device, num_workers,
+                      on_batch=lambda _ids, feats: parts.append(feats), desc=f"encode images (rank {sharding.rank})",
+                      precision=precision)
+    batches: dict[int, Features] = {}
+    for rank_numbers, rank_parts in sharding.all_gather_object((numbers, parts)):
+        batches.update(zip(rank_numbers, rank_parts))
+    ordered = [batches[n] for n in sorted(batches)]
+    if not ordered:
+        return FeatureTable(ids, {})
+    return FeatureTable(ids, {name: torch.cat([b[name] for b in ordered]) for name in ordered[0]})
 
 
 class TextFeatureCache:

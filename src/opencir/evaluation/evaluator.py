@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..data.types import CIRDataset, Triplet
 from ..methods.base import CIRMethod
 from ..retrieval.exact import exact_top_k
-from ..encoding.features import FeatureTable, TextFeatureCache, encode_image_table
+from ..encoding.features import FeatureTable, Sharding, TextFeatureCache, encode_image_table
 from ..encoding.precision import autocast, resolve_precision
 from .protocols import aggregate_parts, has_ground_truth, protocol_labels
 
@@ -63,9 +63,9 @@ def embed_part(
     text encoding and composition; embeddings are float32."""
     method.eval()
     triplets = list(dataset.triplets)
-    ids = list(dict.fromkeys([*dataset.gallery_ids, *(t.reference_id for t in triplets)]))
     if table is None:
-        table = encode_image_table(method, dataset, ids, cache_dir, batch_size, device, num_workers, precision)
+        table = encode_image_table(method, dataset, part_image_ids(dataset), cache_dir, batch_size, device, num_workers,
+                                   precision)
     with autocast(precision, device):
         gallery = torch.cat(
             [
@@ -91,6 +91,11 @@ def embed_part(
     if queries is None:
         queries = torch.empty(0, gallery.shape[1] if gallery.ndim == 2 else 0)
     return QueryEmbeddings(triplets, queries, list(dataset.gallery_ids), gallery, table)
+
+
+def part_image_ids(dataset: CIRDataset) -> list[str]:
+    """The images an evaluation part encodes: its gallery, then the references."""
+    return list(dict.fromkeys([*dataset.gallery_ids, *(t.reference_id for t in dataset.triplets)]))
 
 
 def subset_ranking(
@@ -150,11 +155,14 @@ def evaluate(
     keep_rankings: bool = False,
     text_cache: TextFeatureCache | None = None,
     precision: str = "fp32",
+    sharding: Sharding | None = None,
 ) -> EvalResult:
     """Official metrics of ``method`` on ``dataset`` (per part, plus ``avg/`` over parts).
 
     ``precision``: ``fp32`` (default, exact), ``bf16``, ``fp16`` (CUDA) or ``auto``
-    (``encoding.precision``)."""
+    (``encoding.precision``). With a ``sharding`` of several ranks (every rank calls it)
+    the image encoding is split over the ranks and rank 0 alone composes, ranks and
+    scores; other ranks get no metrics."""
     precision = resolve_precision(precision, device)
     parts = dataset.evaluation_parts()
     per_part: dict[str, dict[str, float]] = {}
@@ -167,6 +175,13 @@ def evaluate(
         needed = {*part.gallery_ids, *(t.reference_id for t in part.triplets)}
         if table is None or not needed.issubset(table.index):
             table = None  # parts sharing their images (ImageNet domains) reuse one encoding
+        if sharding is not None and sharding.world_size > 1:
+            if table is None:
+                method.eval()
+                table = encode_image_table(method, part, part_image_ids(part), cache_dir, batch_size, device,
+                                           num_workers, precision, sharding=sharding)
+            if sharding.rank != 0:
+                continue
         embeddings = embed_part(method, part, batch_size, device, cache_dir, num_workers, table, text_cache, precision)
         rankings, scores, subsets = rank_part(
             embeddings, protocol.ranking_depth, protocol.exclude_reference, protocol.uses_subsets

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..backbones import ClipBackbone
+from ..losses import batch_gather
 from .base import METHODS, CIRMethod, ContrastiveConfig, Features, Requirements, normalize
 from .official import describe_foreign_checkpoint, match_official_activation, read_official_checkpoint, strip_module_prefix
 
@@ -124,6 +125,7 @@ class Clip4Cir(CIRMethod):
     def loss(self, batch: Mapping[str, Features]) -> dict[str, torch.Tensor]:
         query = self.compose(batch["reference"], batch["text"])
         target = self.embed_targets(batch["target"])
+        query, target = batch_gather(batch)(query, target)  # the global batch under data parallelism
         out = self.contrastive_loss(query, target, self.config.logit_scale)
         return {**out.logs, "loss": out.loss, "contrastive": out.loss.detach()}
 

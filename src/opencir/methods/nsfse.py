@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from ..backbones import ClipBackbone
+from ..losses import batch_gather
 from .base import METHODS, CIRMethod, ContrastiveConfig, Features, Requirements, normalize
 
 
@@ -197,5 +198,6 @@ class Nsfse(CIRMethod):
     def loss(self, batch: Mapping[str, Features]) -> dict[str, torch.Tensor]:
         query = self.compose(batch["reference"], batch["text"])
         target = self.embed_targets(batch["target"])
+        query, target = batch_gather(batch)(query, target)  # thresholds from the global batch
         out = self.contrastive_loss(query, target, self.scale)
         return {**out.logs, "loss": out.loss, "scale": self.scale.detach()}

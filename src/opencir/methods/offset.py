@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..backbones import ClipBackbone
+from ..losses import batch_gather
 from .base import METHODS, CIRMethod, ContrastiveConfig, Features, Requirements, normalize
 from .official import describe_foreign_checkpoint, match_official_activation, read_official_state_dict, strip_module_prefix
 from .tgcir import matching_degree_kl, official_query_text  # the same regulariser (spec 1.5) and text rule
@@ -271,8 +272,9 @@ class Offset(CIRMethod):
         """L = CE(kappa q t^T) + kl_weight * KL(P || Q); the teacher P is detached."""
         query = self.compose(batch["reference"], batch["text"])
         target = self.embed_targets(batch["target"])
+        query, target, teacher = batch_gather(batch)(query, target, self.teacher_vectors(batch["target"]))
         rank = self.contrastive_loss(query, target, self.logit_scale.float())
-        kl = matching_degree_kl(query, target, self.teacher_vectors(batch["target"]), self.config.tau)
+        kl = matching_degree_kl(query, target, teacher, self.config.tau)
         return {"loss": rank.loss + self.config.kl_weight * kl, **rank.logs, "kl": kl.detach()}
 
     def parameter_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:

@@ -39,6 +39,7 @@ from torch import nn
 from ..backbones import ClipBackbone
 from ..backbones.clip import count_tokens
 from ..data.types import ZERO_SHOT_PROMPT_KEY
+from ..losses import batch_gather
 from .base import CIRMethod, Features, MethodConfig, Requirements, in_batch_cross_entropy, normalize
 from .official import match_official_activation, read_official_checkpoint, strip_module_prefix
 
@@ -270,6 +271,7 @@ class PseudoWordMethod(CIRMethod):
         eot = self.backbone.eot_positions(ids)
         text = normalize(self.encode_with_pseudo(ids, pseudo, eot, insert=True))
         vision = normalize(image["pooled"])
+        vision, text = batch_gather(batch)(vision, text)  # the global batch under data parallelism
         scale = self.backbone.logit_scale.detach().clamp(max=MAX_LOGIT_SCALE)
         image_to_text = in_batch_cross_entropy(vision, text, scale)
         text_to_image = in_batch_cross_entropy(text, vision, scale)

@@ -35,6 +35,7 @@ from torch.nn import functional as F
 
 from ..backbones import ClipBackbone
 from ..data.captions import spelling_corrected_text
+from ..losses import batch_gather
 from .base import METHODS, CIRMethod, ContrastiveConfig, Features, Requirements, in_batch_cross_entropy, normalize
 from .official import describe_foreign_checkpoint, match_official_activation, read_official_state_dict
 
@@ -250,12 +251,14 @@ class TgCir(CIRMethod):
         fused_s, alpha = self.student(ref, txt)
         fused_t, beta, gamma = self.teacher(ref, txt, tgt)
         query, target = normalize(fused_s.mean(dim=1)), normalize(tgt.mean(dim=1))
-        teacher_target = self.teacher_vector(tgt)
+        # batch-level terms see the global batch; gate, orthogonal and distill are per-sample means
+        query, target, teacher_query, teacher_target = batch_gather(batch)(
+            query, target, self.teacher_vector(fused_t), self.teacher_vector(tgt))
         return {
             # the configured loss (InfoNCE by default) on the student; the teacher keeps plain
             # InfoNCE so a stateful loss (nsfse's EMA) sees one distribution per step
             "student": self.contrastive_loss(query, target, self.scale).loss,
-            "teacher": in_batch_cross_entropy(self.teacher_vector(fused_t), teacher_target, self.scale),
+            "teacher": in_batch_cross_entropy(teacher_query, teacher_target, self.scale),
             "gate": F.mse_loss(beta + gamma, torch.ones_like(beta)),
             "orthogonal": (orthogonal_regularisation(ref) + orthogonal_regularisation(tgt) + orthogonal_regularisation(txt)) / 3,
             "distill": F.mse_loss(alpha, beta.detach()) + F.mse_loss(1 - alpha, gamma.detach()),

@@ -14,6 +14,10 @@ the run goes on, and ``IDX/ingest-report.json`` lists each one (path, id, reason
 message); ``on_error="fail"`` stops at the first one. Backend preconditions (e.g. IVF
 lists vs the number of images) are checked before anything is encoded.
 
+Sharded (torchrun): with a ``sharding`` of several ranks every rank calls
+``index_catalogue``; rank 0 plans the shards, every rank encodes its share, rank 0 alone
+writes, reports and commits, so the index equals a single-process one.
+
 Reference features: the ``method.encode_images`` features of every image are stored
 with the index (``reference_features="auto"``: when they take at most
 ``REFERENCE_FEATURES_MAX_BYTES`` per image) so queries by gallery id skip the encoder.
@@ -26,7 +30,7 @@ import shutil
 import datetime as _dt
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +44,7 @@ from .retriever import MASK_KEY
 from .store import MANIFEST, IndexStore, acquire_writer_lock, model_description, model_fingerprint, release_writer_lock
 
 if TYPE_CHECKING:
+    from ..encoding.features import Sharding
     from ..methods.base import CIRMethod
 
 log = logging.getLogger(__name__)
@@ -217,6 +222,7 @@ def index_catalogue(
     precision: str = "fp32",
     on_error: str = "skip",
     reference_features: ReferenceFeatures = "auto",
+    sharding: "Sharding | None" = None,
 ) -> IndexReport:
     """Create ``out_dir`` or add the catalogue's new images to it (resuming a killed job).
 
@@ -231,7 +237,9 @@ def index_catalogue(
     features (``auto``: when they are small, see REFERENCE_FEATURES_MAX_BYTES); applies
     when the index is created. They are keyed by the fingerprint and the precision: a
     retriever (fp32) uses only features encoded at fp32, so its by-id queries equal the
-    re-encoding path.
+    re-encoding path. With a ``sharding`` of several ranks (every rank calls this, e.g.
+    ``opencir index`` under torchrun) the shards are encoded across ranks and rank 0 alone
+    writes them and commits: the index equals a single-process one.
     """
     from ..encoding.precision import resolve_precision
 
@@ -242,20 +250,94 @@ def index_catalogue(
     if reference_features not in ("auto", "on", "off"):
         raise ValueError(f"reference_features must be auto, on or off, got {reference_features!r}")
     out = Path(out_dir)
-    lock = acquire_writer_lock(out)
+    sharded = sharding is not None and sharding.world_size > 1
+    if sharded and sharding.rank != 0:
+        return _index_follower(method, catalogue, sharding, batch_size, device, num_workers, precision)
     try:
-        model = model_description(method)
-        model["precision"] = precision
-        if model_dir is not None:
-            model["directory"] = str(Path(model_dir).resolve())
-        return _index_locked(method, catalogue, out, backend, backend_options, shard_size, batch_size,
-                             device, num_workers, on_shard, model, on_error, reference_features, precision)
-    finally:
-        release_writer_lock(lock)
+        lock = acquire_writer_lock(out)
+        try:
+            model = model_description(method)
+            model["precision"] = precision
+            if model_dir is not None:
+                model["directory"] = str(Path(model_dir).resolve())
+            report = _index_locked(method, catalogue, out, backend, backend_options, shard_size, batch_size,
+                                   device, num_workers, on_shard, model, on_error, reference_features, precision,
+                                   sharding if sharded else None)
+        finally:
+            release_writer_lock(lock)
+    except Exception as err:
+        if sharded:  # the other ranks wait for a plan or the report: tell them why there is none
+            _send(sharding, ("error", f"rank 0: {err}"))
+        raise
+    if sharded:
+        _send(sharding, ("report", report))
+    return report
+
+
+# ------------------------------------------------------------ sharded encoding
+def _send(sharding: "Sharding", message: Any) -> Any:
+    """Rank 0's ``message`` on every rank (a collective)."""
+    return sharding.all_gather_object(message if sharding.rank == 0 else None)[0]
+
+
+def _receive(sharding: "Sharding", expected: str) -> Any:
+    kind, payload = _send(sharding, None)
+    if kind == "error":
+        raise ValueError(payload)
+    if kind != expected:  # pragma: no cover - a protocol bug
+        raise RuntimeError(f"expected {expected!r} from rank 0, got {kind!r}")
+    return payload
+
+
+@dataclass(frozen=True)
+class _EncodeOptions:
+    """How every rank encodes its shards (sent with the plan)."""
+
+    batch_size: int
+    num_workers: int
+    precision: str
+    on_error: str
+    keep_features: bool
+
+
+def _encode_work(method: "CIRMethod", catalogue: Catalogue, work: Sequence[tuple[int, Sequence[CatalogueEntry]]],
+                 device: torch.device | str, options: _EncodeOptions,
+                 sharding: "Sharding | None") -> Iterator[tuple[int, Sequence[CatalogueEntry], EncodedShard]]:
+    """(number, entries, encoded) of every work item, in order (on rank 0 only when sharded:
+    rank r encodes items r, r + W, ... and rank 0 receives them, one round of W at a time)."""
+    def encode(chunk: Sequence[CatalogueEntry]) -> EncodedShard:
+        return encode_shard(method, catalogue, chunk, options.batch_size, device, options.num_workers,
+                            options.on_error, options.keep_features, options.precision)
+
+    if sharding is None:
+        for number, chunk in work:
+            yield number, chunk, encode(chunk)
+        return
+    world = sharding.world_size
+    for start in range(0, len(work), world):
+        round_ = work[start:start + world]
+        mine = round_[sharding.rank] if sharding.rank < len(round_) else None
+        gathered = sharding.all_gather_object(encode(mine[1]) if mine else None)
+        if sharding.rank == 0:
+            for (number, chunk), encoded in zip(round_, gathered):
+                yield number, chunk, encoded
+
+
+def _index_follower(method: "CIRMethod", catalogue: Catalogue, sharding: "Sharding", batch_size: int,
+                    device: torch.device | str, num_workers: int, precision: str) -> IndexReport:
+    """A rank other than 0: encode this rank's share of rank 0's plan, return rank 0's report."""
+    entries = {e.image_id: e for e in catalogue.entries}
+    plan, options = _receive(sharding, "plan")
+    work = [(number, [entries[i] for i in ids]) for number, ids in plan]
+    method.eval()
+    for _ in _encode_work(method, catalogue, work, device, options, sharding):
+        pass
+    return _receive(sharding, "report")
 
 
 def _index_locked(method, catalogue, out, backend, backend_options, shard_size, batch_size, device,
-                  num_workers, on_shard, model, on_error, reference_features, precision="fp32") -> IndexReport:
+                  num_workers, on_shard, model, on_error, reference_features, precision="fp32",
+                  sharding=None) -> IndexReport:
     started = _now()
     fingerprint = model_fingerprint(method)
     # shards of a killed job (and stored reference features) are reused only when encoded
@@ -289,11 +371,12 @@ def _index_locked(method, catalogue, out, backend, backend_options, shard_size, 
         number = max((s.number for s in shards), default=-1) + 1
         method.eval()
         total = len(catalogue.entries) - len(indexed)
+        work = [(number + i, pending[start : start + shard_size]) for i, start in enumerate(range(0, len(pending), shard_size))]
+        options = _EncodeOptions(batch_size, num_workers, precision, on_error, keep_features=keep is not False)
+        if sharding is not None:
+            _send(sharding, ("plan", ([(n, [e.image_id for e in chunk]) for n, chunk in work], options)))
         with tqdm(total=total, initial=total - len(pending), desc=f"index {out.name}", unit="img", disable=None) as bar:
-            for start in range(0, len(pending), shard_size):
-                chunk = pending[start : start + shard_size]
-                encoded = encode_shard(method, catalogue, chunk, batch_size, device, num_workers, on_error,
-                                       keep_features=keep is not False, precision=precision)
+            for number, chunk, encoded in _encode_work(method, catalogue, work, device, options, sharding):
                 if keep is None and encoded.ids:
                     keep = _features_fit(encoded.features)
                 vectors_file, ids_file = _shard_paths(build, number)
@@ -307,7 +390,6 @@ def _index_locked(method, catalogue, out, backend, backend_options, shard_size, 
                 bar.update(len(chunk))
                 if on_shard is not None:
                     on_shard(number)
-                number += 1
         skipped = list(catalogue.skipped) + [k for s in sorted(shards, key=lambda s: s.number) for k in s.skipped]
         report_file = out / REPORT_FILE
         try:

@@ -61,6 +61,15 @@ class TrainConfig:
     select_metrics: tuple[str, ...] = ("R@1",)
     early_stop_patience: int | None = None
     save_last: bool = True
+    accumulate: int = 1
+    """Micro-batches per step: the global ``batch_size`` is split into this many parts per
+    rank (same loss and gradients as the whole batch, docs/training.md)."""
+    strategy: str = "ddp"
+    """Under torchrun: ``ddp`` (replicated weights) or ``fsdp`` (sharded weights)."""
+    backend: str = "auto"
+    """Under torchrun: ``auto`` (nccl on CUDA, gloo on CPU), ``nccl`` or ``gloo``."""
+    log_steps: bool = False
+    """Also write every step's (globally averaged) losses to ``steps.jsonl``."""
 
 
 @dataclass

@@ -26,6 +26,12 @@ def _adam(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
+@OPTIMIZERS.register("sgd")
+def _sgd(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Plain SGD (no momentum): updates proportional to the gradient, e.g. to check gradients."""
+    return torch.optim.SGD(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 @SCHEDULES.register("none")
 def _constant(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
     return lambda step: 1.0

@@ -11,13 +11,19 @@ from ..data import load_dataset
 from ..methods.io import build_method, load_backbone_weights, load_weights_into
 from .config import BackboneConfig, DatasetConfig, RunConfig, TrainConfig, load_run_config
 from .pretrain import ClipPretrain, ClipPretrainConfig, export_backbone_checkpoint
-from .trainer import Trainer
+from .distributed import init_distributed
+from .trainer import Trainer, seed_everything
 
 log = logging.getLogger(__name__)
 
 
 def run_from_config(config: RunConfig, resume: bool = True) -> dict[str, Any]:
-    """Build method and datasets from ``config`` and train; returns the summary."""
+    """Build method and datasets from ``config`` and train; returns the summary.
+
+    Under ``torchrun`` every rank runs this: it joins the process group first (clear
+    errors for a rank without a device or NCCL on CPU)."""
+    context = init_distributed(config.device, config.train.backend)
+    seed_everything(config.train.seed)  # before the random init (issue 12.11; the "trust" branch does the same)
     spec = BackboneSpec(**dataclasses.asdict(config.backbone))
     method = build_method(config.method, spec, config.method_config)
     if config.init_from:
@@ -25,7 +31,8 @@ def run_from_config(config: RunConfig, resume: bool = True) -> dict[str, Any]:
     ds = config.dataset
     train_set = load_dataset(ds.name, ds.root, ds.train_split, **ds.options)
     val_set = load_dataset(ds.name, ds.root, ds.val_split, **ds.options) if ds.val_split else None
-    summary = Trainer(method, config, train_set, val_set).fit(resume=resume)
+    summary = Trainer(method, config, train_set, val_set, dist=context).fit(resume=resume)
+    summary["rank"], summary["world_size"] = context.rank, context.world_size
     summary["output_dir"] = str(config.output_dir)
     summary["best_model"] = str(Path(config.output_dir) / "best")
     return summary
