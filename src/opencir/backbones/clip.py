@@ -3,6 +3,9 @@
 Three ways to build one (``BackboneSpec``):
 * ``arch="ViT-B-16", pretrained="openai"``: any open_clip model by name + pretrained tag
   (weights are fetched and cached by open_clip / the Hugging Face hub, like users do);
+  ``arch="ViT-B-16/openai"`` (the ``ARCH/TAG`` notation) means the same;
+* ``arch="hf-hub:org/name"``: an open_clip model published on the Hugging Face Hub
+  (``open_clip_config.json`` + weights), read through the Hub cache;
 * ``arch="ViT-L-14", pretrained="/path/to/ckpt.pt"``: an open_clip architecture with a
   local checkpoint file;
 * ``arch="small-vit"`` (or ``tiny-vit``, ``tiny-rn``), ``pretrained=None``: a small
@@ -54,8 +57,39 @@ class BackboneSpec:
     """MLP activation: None = what the weights need (QuickGELU for OpenAI weights, else the
     architecture's default); True/False force it (False with OpenAI weights is refused)."""
 
+    def __post_init__(self) -> None:
+        # ARCH/TAG: the tag in the name wins over ``pretrained`` (whose config default is
+        # "openai"); an hf-hub: model carries its own weights, so ``pretrained`` is dropped.
+        arch, tag = parse_backbone_name(self.arch)
+        object.__setattr__(self, "arch", arch)
+        if tag is not None:
+            object.__setattr__(self, "pretrained", tag)
+        elif arch.startswith(HF_HUB_PREFIX):
+            object.__setattr__(self, "pretrained", None)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+HF_HUB_PREFIX = "hf-hub:"
+
+
+def parse_backbone_name(name: str) -> tuple[str, str | None]:
+    """``"ViT-B-16/openai"`` -> ``("ViT-B-16", "openai")``; ``"hf-hub:org/name"`` and plain
+    architecture names are returned as they are, with no tag."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"backbone name must be a non-empty string, got {name!r}")
+    name = name.strip()
+    if name.startswith(HF_HUB_PREFIX):
+        if name.count("/") != 1 or not all(name[len(HF_HUB_PREFIX):].split("/")):
+            raise ValueError(f"backbone {name!r}: an open_clip Hub name is hf-hub:ORG/NAME")
+        return name, None
+    arch, sep, tag = name.partition("/")
+    if not sep:
+        return name, None
+    if not arch or not tag or "/" in tag:
+        raise ValueError(f"backbone {name!r}: use ARCH/TAG (e.g. ViT-B-16/openai) or hf-hub:ORG/NAME")
+    return arch, tag
 
 
 @dataclass(frozen=True)
@@ -145,7 +179,10 @@ def _resolve_quick_gelu(spec: BackboneSpec) -> bool | None:
     return True if needs and spec.quick_gelu is None else spec.quick_gelu
 
 
-def _build_open_clip(spec: BackboneSpec) -> tuple[nn.Module, Any, bool | None]:
+def _build_open_clip(spec: BackboneSpec, load_weights: bool = True) -> tuple[nn.Module, Any, bool | None]:
+    """The open_clip model + tokenizer of ``spec`` and the activation forced on it;
+    ``load_weights=False`` builds the architecture only (random init), for loading saved
+    weights into it."""
     import open_clip
 
     quick = _resolve_quick_gelu(spec)
@@ -153,21 +190,28 @@ def _build_open_clip(spec: BackboneSpec) -> tuple[nn.Module, Any, bool | None]:
     if config_file.is_file():
         cfg = json.loads(config_file.read_text())
         model = open_clip.model.CLIP(**cfg)
-        if spec.pretrained:
+        if spec.pretrained and load_weights:
             state = torch.load(spec.pretrained, map_location="cpu", weights_only=True)
             state = dict(state.get("state_dict", state))
             for key in OPENAI_STATE_KEYS:  # OpenAI's files carry these next to the weights
                 state.pop(key.decode(), None)
             model.load_state_dict(state)
         tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])
+    elif spec.arch.startswith(HF_HUB_PREFIX):
+        # open_clip reads open_clip_config.json + weights through huggingface_hub (its cache,
+        # HF_HUB_OFFLINE, HF_TOKEN); a pretrained tag does not apply to Hub models
+        model = open_clip.create_model(spec.arch, load_weights=load_weights, cache_dir=spec.cache_dir,
+                                       force_quick_gelu=bool(quick))
+        tokenizer = open_clip.get_tokenizer(spec.arch, cache_dir=spec.cache_dir)
     else:
         if spec.arch not in open_clip.list_models():
             raise ValueError(
                 f"unknown backbone architecture {spec.arch!r}: neither an open_clip model "
-                f"(see open_clip.list_models()) nor a small config ({', '.join(list_small_configs())})"
+                f"(see open_clip.list_models()), an ARCH/TAG name, hf-hub:ORG/NAME, nor a small config "
+                f"({', '.join(list_small_configs())})"
             )
-        model = open_clip.create_model(spec.arch, pretrained=spec.pretrained, cache_dir=spec.cache_dir,
-                                       force_quick_gelu=bool(quick))
+        model = open_clip.create_model(spec.arch, pretrained=spec.pretrained if load_weights else None,
+                                       cache_dir=spec.cache_dir, force_quick_gelu=bool(quick))
         tokenizer = open_clip.get_tokenizer(spec.arch, cache_dir=spec.cache_dir)
     if quick is not None and uses_quick_gelu(model) != quick:
         set_quick_gelu(model, quick)
@@ -188,9 +232,9 @@ def count_tokens(tokenizer: Any, text: str) -> int:
 class ClipBackbone(nn.Module):
     """A CLIP image/text encoder pair with the feature taps CIR methods need."""
 
-    def __init__(self, spec: BackboneSpec) -> None:
+    def __init__(self, spec: BackboneSpec, load_weights: bool = True) -> None:
         super().__init__()
-        self.model, self.tokenizer, quick = _build_open_clip(spec)
+        self.model, self.tokenizer, quick = _build_open_clip(spec, load_weights)
         # record a corrected activation, so that a saved model rebuilds with it
         self.spec = replace(spec, quick_gelu=True) if quick and spec.quick_gelu is None else spec
         self.model.float()
@@ -354,11 +398,23 @@ class ClipBackbone(nn.Module):
         return self.model.logit_scale.exp()
 
     def fingerprint(self) -> str:
-        """SHA-256 over architecture and weights: identifies the features this backbone makes."""
+        """SHA-256 over architecture and weights: identifies the features this backbone makes.
+
+        Memoised: the hash is recomputed only when a weight tensor was replaced or changed
+        in place (torch bumps a tensor's version counter on every in-place write, e.g. an
+        optimizer step or ``load_state_dict``), so a frozen backbone is hashed once."""
+        state = sorted(self.model.state_dict().items())
+        key = (self.spec.arch, self.uses_quick_gelu,
+               tuple((name, t.data_ptr(), t._version, t.device.type) for name, t in state))
+        memo = self.__dict__.get("_fingerprint_memo")
+        if memo is not None and memo[0] == key:
+            return memo[1]
         digest = hashlib.sha256(json.dumps(self.spec.arch).encode())
         if self.uses_quick_gelu:  # same weights, other activation: other features
             digest.update(b"activation=quick_gelu")
-        for name, tensor in sorted(self.model.state_dict().items()):
+        for name, tensor in state:
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()[:16]
+        value = digest.hexdigest()[:16]
+        self.__dict__["_fingerprint_memo"] = (key, value)
+        return value

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from ..data.images import ImageLoadError, load_image
-from ..data.transforms import ImageTransform, build_transform
+from ..data.transforms import ImageTransform
 from ..data.types import CIRDataset
 from ..masks.layouts import require_mask_file
 from ..methods.base import CIRMethod, Features
@@ -106,10 +106,7 @@ def load_pixels(dataset: CIRDataset, image_id: str, transform: ImageTransform, w
 
 def method_transform(method: CIRMethod, train: bool = False) -> tuple[str, ImageTransform]:
     """The (name, callable) preprocessing a method asks for, at its backbone's size."""
-    req = method.requirements
-    name = (req.train_image_transform or req.image_transform) if train else req.image_transform
-    b = method.backbone
-    return name, build_transform(name, b.image_size, b.image_mean, b.image_std)
+    return method.image_preprocessing(train)
 
 
 def feature_cache_key(method: CIRMethod, transform_name: str, precision: str = "fp32") -> str:

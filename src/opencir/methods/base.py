@@ -10,6 +10,11 @@ L2-normalised query and target embeddings. A method splits its work in cacheable
 * ``embed_targets(target)`` -> (B, D) normalised gallery embeddings;
 * ``loss(batch)`` -> dict of named scalar tensors with the total under ``"loss"``.
 
+The encoder API on top of these steps, for vectors out (``methods.encoder``):
+``model.preprocess`` (PIL image -> tensor, the method's own preprocessing),
+``model.encode_gallery(images)`` and ``model.encode_queries(images, texts)`` -> float32
+numpy, L2-normalised, in input order, equal to what ``opencir index`` stores.
+
 Trainable methods whose config derives from ``ContrastiveConfig`` pick their in-batch
 contrastive loss by name (``loss: infonce`` or ``loss: nsfse``, see ``opencir.losses``)
 and call ``self.contrastive_loss(query, target, scale)``.
@@ -21,16 +26,20 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..backbones import ClipBackbone
 from ..data.captions import apply_caption_policy
+from ..data.transforms import ImageTransform, build_transform
 from ..losses import ContrastiveLoss, LossOutput, build_loss, info_nce, validate_loss_options
 from ..registry import Registry
 
 if TYPE_CHECKING:
     from ..data.types import CIRDataset, Triplet
+    from ..retrieval.catalogue import Catalogue
+    from .encoder import ImageInput
 
 Features = dict[str, torch.Tensor]
 """Named per-sample tensors; the first dimension is the batch."""
@@ -142,6 +151,68 @@ class CIRMethod(nn.Module):
             loss = in_batch_cross_entropy(query, target, scale)
             return LossOutput(loss, {"infonce": loss.detach()})
         return self.criterion(query, target, scale)
+
+    # --------------------------------------------------------- encoder API
+    def image_preprocessing(self, train: bool = False) -> tuple[str, ImageTransform]:
+        """The (name, callable) preprocessing this method asks for, at its backbone's size."""
+        req = self.requirements
+        name = (req.train_image_transform or req.image_transform) if train else req.image_transform
+        b = self.backbone
+        return name, build_transform(name, b.image_size, b.image_mean, b.image_std)
+
+    @property
+    def preprocess(self) -> ImageTransform:
+        """The evaluation preprocessing: ``PIL.Image -> Tensor(3, S, S)`` (as open_clip's)."""
+        return self.image_preprocessing()[1]
+
+    def encode_gallery(self, images: Sequence["ImageInput"], *, masks: Sequence["ImageInput | None"] | None = None,
+                       catalogue: "Catalogue | None" = None, batch_size: int = 32,
+                       device: torch.device | str | None = None, progress: bool = False,
+                       convert_to_numpy: bool = True) -> np.ndarray | torch.Tensor:
+        """Gallery vectors (N, D) float32, L2-normalised, in input order: what ``opencir index``
+        stores. ``images``: paths, PIL images, or ids of ``catalogue``; ``masks`` for methods
+        that need them; ``device`` moves the model there; ``convert_to_numpy=False`` -> tensor."""
+        from .encoder import encode_gallery
+
+        return encode_gallery(self, images, masks=masks, catalogue=catalogue, batch_size=batch_size, device=device,
+                              progress=progress, convert_to_numpy=convert_to_numpy)
+
+    def encode_queries(self, images: Sequence["ImageInput"], texts: Sequence[str], *,
+                       masks: Sequence["ImageInput | None"] | None = None, catalogue: "Catalogue | None" = None,
+                       batch_size: int = 32, device: torch.device | str | None = None, progress: bool = False,
+                       convert_to_numpy: bool = True) -> np.ndarray | torch.Tensor:
+        """Composed query vectors (N, D) of (reference image i, modification text i), float32,
+        L2-normalised, in input order: what ``Retriever`` searches with. Arguments as for
+        ``encode_gallery``."""
+        from .encoder import encode_queries
+
+        return encode_queries(self, images, texts, masks=masks, catalogue=catalogue, batch_size=batch_size,
+                              device=device, progress=progress, convert_to_numpy=convert_to_numpy)
+
+    # ----------------------------------------------------------- the Hub
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, *, device: str | torch.device = "cpu", revision: str | None = None,
+                        token: str | bool | None = None, cache_dir: str | None = None,
+                        local_files_only: bool = False) -> "CIRMethod":
+        """A saved model from a directory, ``org/name`` or ``hf-hub:org/name`` on the Hugging
+        Face Hub (cache, ``HF_HUB_OFFLINE``, revision and token as huggingface_hub has them).
+        On a method class (``Clip4Cir.from_pretrained``) a model of another method is refused."""
+        from .hub import load_model
+
+        return load_model(name_or_path, device=device, expected_method=cls.name or None, revision=revision,
+                          token=token, cache_dir=cache_dir, local_files_only=local_files_only, bare_repo_ids=True)
+
+    def save_pretrained(self, directory: str, card: Any = None) -> Any:
+        """Write a self-contained model directory (weights, config.json, README.md model card)."""
+        from .hub import save_pretrained
+
+        return save_pretrained(self, directory, card)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload this model to the Hub repo ``repo_id`` in one commit (see ``methods.hub.push_to_hub``)."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
     # ------------------------------------------------------------ training
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:

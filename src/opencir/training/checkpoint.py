@@ -47,13 +47,14 @@ def _fsync(path: Path) -> None:
 
 
 def write_checkpoint(method: CIRMethod, directory: str | Path, state: Mapping[str, Any],
-                     extra: Mapping[str, Any] | None = None) -> Path:
-    """Write model + ``state`` as ``directory`` atomically; the previous one survives any failure."""
+                     extra: Mapping[str, Any] | None = None, **save_options: Any) -> Path:
+    """Write model + ``state`` as ``directory`` atomically; the previous one survives any failure.
+    ``save_options`` go to ``save_model`` (``card``, ``backbone_store`` for a lean checkpoint)."""
     directory = Path(directory)
     staging, old = _siblings(directory)
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        save_model(method, staging, extra=extra)
+        save_model(method, staging, extra=extra, **save_options)
         tmp = staging / (STATE_FILE + ".tmp")
         with open(tmp, "wb") as f:
             torch.save(dict(state), f)

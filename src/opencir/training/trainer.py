@@ -13,6 +13,7 @@ import json
 import logging
 import random
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -31,6 +32,7 @@ from ..evaluation.evaluator import evaluate, select_score
 from ..losses import GATHER_KEY, BatchGather
 from ..methods.base import CIRMethod, Features
 from ..methods.io import load_weights_into, save_model
+from .card import run_card
 from .checkpoint import STATE_FILE, recover_checkpoint, write_checkpoint
 from .config import RunConfig, config_to_dict, save_run_config
 from ..encoding.precision import autocast, resolve_training_precision
@@ -94,6 +96,11 @@ class Trainer:
         self.precision = resolve_training_precision(self.cfg.precision, self.cfg.amp, self.device)
         self.use_amp = self.precision == "fp16"  # the grad scaler is for fp16 only
         self._examples_cache: list[Any] = []
+        self._started = time.monotonic()
+
+    def _elapsed(self) -> float:
+        """Seconds since this trainer was made (the training time written into model cards)."""
+        return time.monotonic() - self._started
 
     @property
     def encode_precision(self) -> str:
@@ -162,7 +169,8 @@ class Trainer:
         }
 
     def _save_last(self, state: dict[str, Any]) -> None:
-        write_checkpoint(self.method, self.out / "last", state, extra={"epoch": state["epoch"]})
+        write_checkpoint(self.method, self.out / "last", state, extra={"epoch": state["epoch"]}, backbone_store=self.out,
+                         card=run_card(self.config, self.val_set, state["best"].get("metrics"), self._elapsed()))
 
     def _read_last(self) -> dict[str, Any] | None:
         """Rank 0 reads ``last/`` (after repairing a kill mid-write) and loads its weights;
@@ -283,7 +291,7 @@ class Trainer:
                 score = select_score(metrics, cfg.select_metrics)
                 if best["score"] is None or score > best["score"]:
                     best = {"score": score, "epoch": epoch, "stale": 0, "metrics": metrics}
-                    self._save_best(model, {"epoch": epoch, "select_score": score})
+                    self._save_best(model, {"epoch": epoch, "select_score": score}, metrics)
                 else:
                     best["stale"] += 1
             elif self.val_set is None:
@@ -362,10 +370,11 @@ class Trainer:
                               sharding=self.dist)
         return self.dist.broadcast_object(result.metrics if self.dist.is_main else None)
 
-    def _save_best(self, model: nn.Module, extra: dict[str, Any]) -> None:
+    def _save_best(self, model: nn.Module, extra: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
         with full_parameters(model):  # FSDP: every rank takes part in gathering the weights
             if self.dist.is_main:
-                save_model(self.method, self.out / "best", extra=extra)
+                card = run_card(self.config, self.val_set if metrics is not None else None, metrics, self._elapsed())
+                save_model(self.method, self.out / "best", extra=extra, backbone_store=self.out, card=card)
 
     def _epoch_texts(self, examples: list[Any], plans: list[_BatchPlan], epoch: int) -> list[list[str]]:
         """Query texts of every batch of ``epoch`` (caption policies may draw at random,

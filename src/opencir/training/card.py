@@ -1,0 +1,41 @@
+"""What a training run writes into the model card of each ``best``/``last`` save."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping
+
+from ..methods.card import CardInfo
+from .config import config_to_dict
+
+if TYPE_CHECKING:
+    from ..data.types import CIRDataset
+    from .config import RunConfig
+
+
+def gallery_convention(dataset: "CIRDataset") -> dict[str, Any]:
+    """How the benchmark's gallery is built and ranked: size, reference excluded, option."""
+    parts = dataset.evaluation_parts()
+    convention: dict[str, Any] = {"gallery images": sum(len(p.gallery_ids) for p in parts.values())}
+    protocols = [p.protocol for p in parts.values() if p.protocol is not None]
+    if protocols:
+        convention["reference excluded"] = all(getattr(p, "exclude_reference", False) for p in protocols)
+    if "gallery" in dataset.info:
+        convention["gallery option"] = dataset.info["gallery"]
+    if len(parts) > 1:
+        convention["parts"] = ", ".join(parts)
+    return convention
+
+
+def run_card(config: "RunConfig", dataset: "CIRDataset | None", metrics: Mapping[str, float] | None,
+             training_seconds: float | None) -> CardInfo:
+    """A model card filled from the run: config, validation dataset, metrics and time."""
+    resolved = config_to_dict(config)
+    training = {k: resolved[k] for k in ("method_config", "backbone", "dataset", "train", "init_from") if k in resolved}
+    return CardInfo(
+        dataset=dataset.name if dataset is not None else config.dataset.name,
+        split=dataset.split if dataset is not None else None,
+        gallery=gallery_convention(dataset) if dataset is not None else {},
+        metrics={k: float(v) for k, v in (metrics or {}).items()},
+        training_seconds=training_seconds,
+        training_config=training,
+        recipe=getattr(config, "recipe", None),
+    )
