@@ -34,6 +34,9 @@ def _add(parser: argparse.ArgumentParser) -> None:
                         "encoder (auto: when they are small); applies when the index is created")
     parser.add_argument("--verify", action="store_true",
                         help="check every file of the index at --out against its recorded SHA-256 and exit")
+    parser.add_argument("--target-recall", type=float, metavar="R", help="tune the approximate index's nprobe / "
+                        "ef_search for recall@10 >= R on a sample of its own vectors and store it (alone: retune)")
+    parser.add_argument("--tune-sample", type=int, default=500, help="held-out vectors used by --target-recall")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -46,11 +49,18 @@ def _run(args: argparse.Namespace) -> int:
 
         print(json.dumps(verify_index(args.out), indent=2))
         return 0
+    if args.target_recall is not None:
+        from ..retrieval.tuning import check_target
+
+        check_target(args.target_recall)  # refuse a bad target before any encoding
     if args.delete:
         if args.model or args.images:
             raise ValueError("--delete is used on its own: run adding and deleting as two commands")
         count = delete_images(args.out, args.delete)
         print(f"deleted {len(set(args.delete))} images; {args.out} now holds {count}")
+        return 0
+    if args.target_recall is not None and not args.model and not args.images:
+        _tune(args)
         return 0
     if not args.model or not args.images:
         raise ValueError("give --model DIR and --images DIR|manifest.csv (or --delete ID to remove images)")
@@ -81,7 +91,20 @@ def _run(args: argparse.Namespace) -> int:
         "skipped": len(report.skipped), "report": str(report.report_file),
         "reference_features": report.reference_features,
     }, indent=2))
+    if args.target_recall is not None:
+        _tune(args)
     return 0
+
+
+def _tune(args: argparse.Namespace) -> None:
+    from ..retrieval.tuning import tune_index
+
+    report = tune_index(args.out, args.target_recall, sample=args.tune_sample)
+    summary = {k: v for k, v in report.to_dict().items() if k != "curve"}
+    print(json.dumps({"tuning": summary}, indent=2))
+    if not report.met:
+        print(f"warning: recall@{report.k} {report.recall:.3f} < target {report.target_recall} even at "
+              f"{report.knob}={report.chosen} (the most this index allows); rebuild with more lists or a larger graph")
 
 
 COMMANDS.register("index")(Command("embed an image folder or manifest.csv into a search index", _add, _run))

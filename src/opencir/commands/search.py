@@ -32,6 +32,11 @@ def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="with --queries: queries encoded together")
     parser.add_argument("--include-reference", action="store_true", help="do not exclude the reference image(s)")
     parser.add_argument("--exclude", action="append", default=[], metavar="ID", help="never return this id (repeatable)")
+    parser.add_argument("--filter", action="append", default=[], metavar="COND",
+                        help="keep images whose metadata passes (repeatable, ANDed): color=red, price<50, "
+                        "year>=2020, brand=nike|adidas, or a JSON object {\"price\": {\"lt\": 50}}; with --queries: every query")
+    parser.add_argument("--target-recall", type=float, help="search effort of a tuned approximate index for "
+                        "this recall@10 (from the curve `opencir index --target-recall` stored)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--device", default="auto")
 
@@ -67,7 +72,9 @@ def _print_table(result) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ..retrieval.filters import parse_filter
     from ..retrieval.query import QueryFailed
+    from ..retrieval.tuning import check_target
     from ..retrieval.query_files import read_queries
     from ..retrieval.retriever import Retriever
     from ..retrieval.store import read_manifest
@@ -83,13 +90,17 @@ def _run(args: argparse.Namespace) -> int:
         if args.out:
             raise ValueError("--out writes the rankings of --queries; for one query use --json")
         spec = _single_spec(args)
+    parse_filter(args.filter or None)  # bad filters and targets are refused before the model loads
+    if args.target_recall is not None:
+        check_target(args.target_recall)
     model = args.model or read_manifest(args.index).get("model", {}).get("directory")
     if not model:
         raise ValueError("give --model DIR: the model that built the index")
     with Retriever(args.index, model, device=resolve_device(args.device)) as retriever:
+        options = retriever.search_options(args.filter or None, args.target_recall)  # before any encoding
         if not args.queries:
-            result = retriever.search(spec, k=args.k, exclude_reference=not args.include_reference,
-                                      exclude=args.exclude)
+            result = retriever.search_many([spec], args.k, not args.include_reference, [args.exclude],
+                                           options=[options])[0]
             if args.json:
                 print(json.dumps(result.to_dict(), indent=2))
             else:
@@ -98,7 +109,8 @@ def _run(args: argparse.Namespace) -> int:
         try:
             results = retriever.search_many([line.spec for line in lines], [line.k or args.k for line in lines],
                                             exclude_reference=not args.include_reference,
-                                            exclude=[args.exclude] * len(lines), batch_size=args.batch_size)
+                                            exclude=[args.exclude] * len(lines), batch_size=args.batch_size,
+                                            options=[options] * len(lines))
         except QueryFailed as err:
             message = err.error.args[0] if err.error.args else err.error
             raise ValueError(f"{args.queries}: query {lines[err.position].query_id!r}: {message}") from None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
@@ -25,6 +26,30 @@ DATA_DIR = "data"
 
 SearchOutput = tuple[np.ndarray, np.ndarray]
 """scores (Q, k) float32 and keys (Q, k) int64; missing slots hold -inf and -1."""
+
+
+@dataclass(frozen=True)
+class Restriction:
+    """Limits a search to the records that pass a metadata filter.
+
+    ``keys`` (sorted int64) are the passing keys, computed by the index store from its
+    records; ``where`` is the filter itself (``filters.Filter``), for backends that can
+    evaluate it inside the engine (Milvus expressions). Key-based backends (FAISS id
+    selectors) use ``keys``.
+    """
+
+    keys: np.ndarray
+    where: Any = None
+
+
+@dataclass(frozen=True)
+class SearchKnob:
+    """The search-time parameter that trades speed for recall (``nprobe``, ``ef_search``):
+    an integer in [low, high]; larger is slower and more exact."""
+
+    name: str
+    low: int
+    high: int
 
 
 class IndexBackend(ABC):
@@ -40,6 +65,8 @@ class IndexBackend(ABC):
     """
 
     name: ClassVar[str] = ""
+    stores_metadata: ClassVar[bool] = False
+    """Whether ``add`` keeps the metadata it is given (to evaluate filters inside the engine)."""
 
     def __init__(self, dim: int, options: Mapping[str, Any]) -> None:
         self.dim = dim
@@ -99,8 +126,12 @@ class IndexBackend(ABC):
 
     # --------------------------------------------------------------- mutation
     @abstractmethod
-    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
-        """Add rows: keys (N,) int64 (new, unique), vectors (N, D) float32."""
+    def add(self, keys: np.ndarray, vectors: np.ndarray,
+            metadata: Sequence[Mapping[str, Any]] | None = None) -> None:
+        """Add rows: keys (N,) int64, vectors (N, D) float32, optional normalised metadata
+        (``filters.normalise_metadata``) per row for backends that filter inside the engine.
+        Keys are fresh: larger than every key of a committed generation (the store hands
+        them out in increasing order), so keys left by an interrupted write may be reused."""
 
     @abstractmethod
     def remove(self, keys: np.ndarray) -> None:
@@ -112,9 +143,26 @@ class IndexBackend(ABC):
 
     # ----------------------------------------------------------------- search
     @abstractmethod
-    def search(self, queries: np.ndarray, k: int, exclude: Sequence[Sequence[int]] | None = None) -> SearchOutput:
+    def search(self, queries: np.ndarray, k: int, exclude: Sequence[Sequence[int]] | None = None,
+               restrict: Restriction | None = None, params: Mapping[str, Any] | None = None) -> SearchOutput:
         """Top-``k`` keys per query by inner product; ``exclude[i]`` lists keys never
-        returned for query i. queries (Q, D) float32 -> scores (Q, k), keys (Q, k)."""
+        returned for query i; ``restrict`` keeps only the keys passing a filter; ``params``
+        overrides search-time options for this call (e.g. ``{"nprobe": 64}``, see
+        ``search_knob``). queries (Q, D) float32 -> scores (Q, k), keys (Q, k)."""
+
+    def search_knob(self, k: int) -> SearchKnob | None:
+        """The recall/speed parameter that ``retrieval.tuning`` tunes (None: exact search)."""
+        return None
+
+    def options_with(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The backend options that make ``params`` (e.g. a tuned ``{"nprobe": 24}``) the default."""
+        return {**self.options, **params}
+
+    def rerank_depth(self, k: int) -> int | None:
+        """How many candidates the store should re-score exactly from the stored vectors for a
+        top-``k`` search (``retrieval.rerank``); None: the backend's own scores are final."""
+        return None
+
 
     # ---------------------------------------------------------------- helpers
     def check_vectors(self, keys: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

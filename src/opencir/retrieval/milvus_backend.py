@@ -7,7 +7,18 @@ same ``pymilvus.MilvusClient`` API. A server token, when needed, is read from th
 
 Options: ``uri``, ``collection`` (default: a fresh ``opencir_<hex>`` name),
 ``index_type`` (``FLAT`` | ``IVF_FLAT`` | ``HNSW`` | ``AUTOINDEX`` ...), ``index_params``
-and ``search_params`` (dicts passed to Milvus, e.g. ``{"nlist": 1024}``/``{"nprobe": 16}``).
+and ``search_params`` (dicts passed to Milvus, e.g. ``{"nlist": 1024}``/``{"nprobe": 16}``),
+``metadata`` (default true: each image's normalised metadata is stored in a JSON field
+``meta`` so that filters run inside Milvus as boolean expressions), ``consistency_level``
+of searches (default ``Strong``: a search sees every committed insert, and waits for
+Milvus' next time tick to do so; ``Bounded`` / ``Session`` / ``Eventually`` answer
+without that wait and may miss inserts of the last seconds).
+
+Inserts are plain ``insert`` calls of numpy rows (the store hands out fresh keys; the
+first insert of a writing session first deletes keys at or above its first key, which
+only an interrupted write can have left). A batch of queries is one ``search`` call, also
+with per-query exclusions: it asks for ``k`` plus the longest exclusion list and drops
+excluded keys from each row.
 
 Crash safety: inserts reach Milvus before the index manifest is committed, deletions only
 after it (``after_commit``); an interrupted write can therefore only leave keys that the
@@ -24,12 +35,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .errors import IndexBusyError
-from .index import INDEX_BACKENDS, IndexBackend, SearchOutput, empty_results
+from .index import INDEX_BACKENDS, IndexBackend, Restriction, SearchKnob, SearchOutput, empty_results
 from .locking import is_locked_elsewhere, processes_holding
 
 MAX_TOP_K = 16384  # Milvus' limit on ``limit`` per search
 INSERT_BATCH = 8192
 FILTER_BATCH = 16384
+META_FIELD = "meta"
+CONSISTENCY_LEVELS = ("Strong", "Bounded", "Session", "Eventually")
+MAX_EF = 4096
 
 
 def _is_server(uri: str) -> bool:
@@ -61,12 +75,15 @@ class MilvusBackend(IndexBackend):
     """A Milvus collection with an INT64 primary key ``id`` and a FLOAT_VECTOR ``vector``."""
 
     name = "milvus"
+    stores_metadata = True
     DEFAULTS: dict[str, Any] = {
         "uri": "milvus.db",
         "collection": None,
         "index_type": "FLAT",
         "index_params": {},
         "search_params": {},
+        "metadata": True,
+        "consistency_level": "Strong",
     }
 
     def __init__(self, dim: int, options: Mapping[str, Any], client: Any) -> None:
@@ -74,6 +91,8 @@ class MilvusBackend(IndexBackend):
         self.client = client
         self.collection = self.options["collection"]
         self._removed: set[int] = set()  # hidden now, deleted from Milvus after the commit
+        self._cleared = False  # leftovers of an interrupted write removed (first add of a session)
+        self.has_metadata = bool(self.options.get("metadata", False))  # older indexes have no meta field
 
     @classmethod
     def resolve_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -83,6 +102,11 @@ class MilvusBackend(IndexBackend):
         for key in ("index_params", "search_params"):
             if not isinstance(resolved[key], Mapping):
                 raise ValueError(f"{cls.name} backend option {key} must be a mapping, got {resolved[key]!r}")
+        if resolved["consistency_level"] not in CONSISTENCY_LEVELS:
+            raise ValueError(f"{cls.name} backend option consistency_level must be one of {', '.join(CONSISTENCY_LEVELS)}, "
+                             f"got {resolved['consistency_level']!r}")
+        if not isinstance(resolved["metadata"], bool):
+            raise ValueError(f"{cls.name} backend option metadata must be true or false, got {resolved['metadata']!r}")
         return resolved
 
     @staticmethod
@@ -118,12 +142,16 @@ class MilvusBackend(IndexBackend):
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        if options["metadata"]:
+            schema.add_field(META_FIELD, DataType.JSON)
         index_params = client.prepare_index_params()
         index_params.add_index(
             field_name="vector", index_type=options["index_type"], metric_type="IP", params=dict(options["index_params"])
         )
         client.create_collection(name, schema=schema, index_params=index_params, consistency_level="Strong")
-        return cls(dim, options, client)
+        backend = cls(dim, options, client)
+        backend._cleared = True  # a new collection has no leftovers
+        return backend
 
     @classmethod
     def load(cls, dim: int, options: Mapping[str, Any], state: Mapping[str, Any], directory: Path) -> "MilvusBackend":
@@ -150,15 +178,21 @@ class MilvusBackend(IndexBackend):
         self.client.close()
 
     # ---------------------------------------------------------------- mutation
-    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+    def add(self, keys: np.ndarray, vectors: np.ndarray,
+            metadata: Sequence[Mapping[str, Any]] | None = None) -> None:
         keys, vectors = self.check_vectors(keys, vectors)
+        if len(keys) == 0:
+            return
+        if not self._cleared:  # keys are fresh: any row at or above them was left by an interrupted write
+            self.client.delete(self.collection, filter=f"id >= {int(keys.min())}")
+            self._cleared = True
         for start in range(0, len(keys), INSERT_BATCH):
-            rows = [
-                {"id": int(key), "vector": vector.tolist()}
-                for key, vector in zip(keys[start : start + INSERT_BATCH], vectors[start : start + INSERT_BATCH])
-            ]
-            # upsert: a key left behind by an interrupted commit is simply overwritten
-            self.client.upsert(self.collection, rows)
+            stop = start + INSERT_BATCH
+            rows = [{"id": int(key), "vector": vector} for key, vector in zip(keys[start:stop].tolist(), vectors[start:stop])]
+            if self.has_metadata:
+                for row, meta in zip(rows, metadata[start:stop] if metadata is not None else [{}] * len(rows)):
+                    row[META_FIELD] = dict(meta or {})
+            self.client.insert(self.collection, rows)
         self._removed.difference_update(int(k) for k in keys)
 
     def remove(self, keys: np.ndarray) -> None:
@@ -169,32 +203,58 @@ class MilvusBackend(IndexBackend):
         return int(result[0]["count(*)"]) - len(self._removed)
 
     # ------------------------------------------------------------------ search
-    def search(self, queries: np.ndarray, k: int, exclude: Sequence[Sequence[int]] | None = None) -> SearchOutput:
+    def search_knob(self, k: int) -> SearchKnob | None:
+        index_type = str(self.options["index_type"]).upper()
+        if index_type.startswith("IVF"):
+            return SearchKnob("nprobe", 1, int(self.options["index_params"].get("nlist", 128)))
+        if index_type == "HNSW":
+            return SearchKnob("ef", k, MAX_EF)
+        return None
+
+    def options_with(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {**self.options, "search_params": {**self.options["search_params"], **params}}
+
+    def _expression(self, restrict: Restriction | None, banned: set[int]) -> str:
+        """The Milvus filter: the metadata filter (or its keys) and the keys never returned."""
+        parts = []
+        if restrict is not None:
+            if self.has_metadata and restrict.where is not None:
+                parts.append(f"({restrict.where.milvus_expression(META_FIELD)})")
+            else:
+                parts.append(f"id in [{','.join(map(str, restrict.keys.tolist()))}]")
+        if banned:
+            parts.append(f"id not in [{','.join(map(str, sorted(banned)))}]")
+        return " and ".join(parts)
+
+    def search(self, queries: np.ndarray, k: int, exclude: Sequence[Sequence[int]] | None = None,
+               restrict: Restriction | None = None, params: Mapping[str, Any] | None = None) -> SearchOutput:
         queries = self.check_queries(queries, k)
         if exclude is not None and len(exclude) != len(queries):
             raise ValueError(f"exclude has {len(exclude)} entries for {len(queries)} queries")
         if k > MAX_TOP_K:
             raise ValueError(f"Milvus returns at most {MAX_TOP_K} results per query, asked for {k}")
         scores, keys = empty_results(len(queries), k)
-        params = {"metric_type": "IP", "params": dict(self.options["search_params"])}
-        if exclude is None and not self._removed:
-            groups = [(list(range(len(queries))), "")]
-        else:
-            groups = []
-            for row in range(len(queries)):
-                banned = self._removed | {int(b) for b in (exclude[row] if exclude is not None else ())}
-                groups.append(([row], f"id not in [{','.join(map(str, sorted(banned)))}]" if banned else ""))
-        for rows, expression in groups:
-            hits = self.client.search(
-                self.collection,
-                data=queries[rows].tolist(),
-                limit=k,
-                filter=expression,
-                output_fields=["id"],
-                search_params=params,
-            )
+        if restrict is not None and len(restrict.keys) == 0:
+            return scores, keys
+        search_params = {"metric_type": "IP", "params": {**self.options["search_params"], **(params or {})}}
+        excluded = [{int(b) for b in e} for e in exclude] if exclude is not None else [set() for _ in queries]
+        deepest = k + max((len(e) for e in excluded), default=0)
+        if deepest <= MAX_TOP_K:  # one call for the batch; each row drops its own excluded keys
+            groups = [(list(range(len(queries))), self._expression(restrict, self._removed), deepest)]
+        else:  # exclusion lists too long to over-fetch: one filtered call per query
+            groups = [([row], self._expression(restrict, self._removed | excluded[row]), k) for row in range(len(queries))]
+        for rows, expression, limit in groups:
+            hits = self.client.search(self.collection, data=queries[rows].tolist(), limit=limit, filter=expression,
+                                      output_fields=["id"], search_params=search_params,
+                                      consistency_level=self.options.get("consistency_level", "Strong"))
             for row, row_hits in zip(rows, hits):
-                for rank, hit in enumerate(row_hits[:k]):
-                    keys[row, rank] = int(hit["id"])
-                    scores[row, rank] = float(hit["distance"])
+                rank = 0
+                for hit in row_hits:
+                    key = int(hit["id"])
+                    if key in excluded[row]:
+                        continue
+                    keys[row, rank], scores[row, rank] = key, float(hit["distance"])
+                    rank += 1
+                    if rank == k:
+                        break
         return scores, keys

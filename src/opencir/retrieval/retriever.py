@@ -48,12 +48,15 @@ from .query import (
     combine,
     negative_text_embedding,
 )
+from .filters import Filter, FilterSpec, parse_filter
 from .store import IndexStore, Record, model_fingerprint
+from .tuning import params_for_recall
 
 if TYPE_CHECKING:
     from ..methods.base import CIRMethod, Features
 
-__all__ = ["Hit", "PreparedQuery", "QueryFailed", "QuerySpec", "Retriever", "SearchResult", "SearchSession", "SessionStore",
+__all__ = ["Hit", "PreparedQuery", "QueryFailed", "QuerySpec", "Retriever", "SearchOptions", "SearchResult", "SearchSession",
+           "SessionStore",
            "TextTooLong", "check_text"]
 
 MASK_KEY = "mask_path"
@@ -132,6 +135,18 @@ def as_spec(query: Query | Reference, text: str | None = None) -> QuerySpec:
 def _gather(features: "Features", rows: torch.Tensor) -> "Features":
     """The rows ``rows`` of every per-sample tensor of ``features``."""
     return {key: value.index_select(0, rows.to(value.device)) for key, value in features.items()}
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How one query is ranked: a metadata filter and backend search parameters."""
+
+    where: Filter | None = None
+    params: dict[str, Any] | None = None
+
+    def key(self) -> str:
+        """Queries with equal keys are searched together."""
+        return f"{self.where.canonical() if self.where else ''}|{sorted((self.params or {}).items())}"
 
 
 class Retriever:
@@ -311,11 +326,18 @@ class Retriever:
         ids = prepared.reference_ids
         return self.encode([prepared])[0], (ids[0] if ids else None)
 
+    def search_options(self, filter: FilterSpec = None, target_recall: float | None = None) -> "SearchOptions":
+        """Checked ranking options of one query (ValueError for a bad filter or target, or a
+        target on an index that was never tuned): before anything is encoded."""
+        params = params_for_recall(self.store.manifest, target_recall) if target_recall is not None else None
+        return SearchOptions(parse_filter(filter), params)
+
     def rank(self, prepared: Sequence[PreparedQuery], vectors: np.ndarray, k: int | Sequence[int],
              exclude_reference: bool = True, exclude: Sequence[Iterable[str]] | None = None,
-             encode_ms: float = 0.0) -> list[SearchResult]:
-        """Search the index once for all ``vectors`` (one per prepared query); ``k`` and
-        ``exclude`` may differ per query."""
+             encode_ms: float = 0.0, options: Sequence["SearchOptions | None"] | None = None) -> list[SearchResult]:
+        """Search the index once for all ``vectors`` (one per prepared query; once per group
+        of queries sharing a filter and search parameters); ``k``, ``exclude`` and
+        ``options`` (``search_options``) may differ per query."""
         ks = [k] * len(prepared) if isinstance(k, int) else list(k)
         for value in ks:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -327,7 +349,7 @@ class Retriever:
                 ids.update(p.reference_ids)
             banned.append(ids)
         start = time.perf_counter()
-        ranked = self.store.search(vectors, max(ks), banned) if prepared else []
+        ranked = self._search_grouped(vectors, ks, banned, options) if prepared else []
         search_ms = 1000 * (time.perf_counter() - start)
         results = []
         for p, rows, value, ids in zip(prepared, ranked, ks, banned):
@@ -340,14 +362,36 @@ class Retriever:
                 timings_ms={"prepare": p.prepare_ms, "encode": encode_ms, "search": search_ms}))
         return results
 
+    def _search_grouped(self, vectors: np.ndarray, ks: Sequence[int], banned: Sequence[set[str]],
+                        options: Sequence["SearchOptions | None"] | None) -> list[list[tuple[Record, float]]]:
+        """``store.search`` once per group of rows with the same filter and parameters."""
+        groups: dict[str, list[int]] = {}
+        for row in range(len(vectors)):
+            option = options[row] if options is not None else None
+            groups.setdefault(option.key() if option is not None else "", []).append(row)
+        ranked: list[list[tuple[Record, float]]] = [[] for _ in range(len(vectors))]
+        for rows in groups.values():
+            option = options[rows[0]] if options is not None else None
+            found = self.store.search(vectors[rows], max(ks[r] for r in rows), [banned[r] for r in rows],
+                                      where=option.where if option else None, params=option.params if option else None)
+            for row, hits in zip(rows, found):
+                ranked[row] = hits
+        return ranked
+
     def search(self, reference: Query | Reference, text: str | None = None, k: int = 10,
-               exclude_reference: bool = True, exclude: Iterable[str] = ()) -> SearchResult:
+               exclude_reference: bool = True, exclude: Iterable[str] = (), filter: FilterSpec = None,
+               target_recall: float | None = None) -> SearchResult:
         """Top-``k`` gallery images for the reference modified by ``text`` (or for a
-        QuerySpec); ``exclude`` lists further ids never returned."""
-        return self.search_many([as_spec(reference, text)], k, exclude_reference, [exclude])[0]
+        QuerySpec); ``exclude`` lists further ids never returned; ``filter`` keeps only
+        images whose metadata passes (``{"color": "red", "price": {"lt": 50}}``, see
+        ``retrieval.filters``); ``target_recall`` picks a tuned approximate index's search
+        effort from its stored recall curve."""
+        options = self.search_options(filter, target_recall)
+        return self.search_many([as_spec(reference, text)], k, exclude_reference, [exclude], options=[options])[0]
 
     def search_many(self, queries: Sequence[Query], k: int | Sequence[int] = 10, exclude_reference: bool = True,
-                    exclude: Sequence[Iterable[str]] | None = None, batch_size: int = 64) -> list[SearchResult]:
+                    exclude: Sequence[Iterable[str]] | None = None, batch_size: int = 64,
+                    options: Sequence["SearchOptions | None"] | None = None) -> list[SearchResult]:
         """Results of many queries (specs or (reference, text) pairs), encoded ``batch_size``
         at a time; errors name the query's position."""
         results: list[SearchResult] = []
@@ -375,7 +419,8 @@ class Retriever:
             vectors = self.encode(prepared)
             encode_ms = 1000 * (time.perf_counter() - began)
             results += self.rank(prepared, vectors, [ks[n] for n in chunk], exclude_reference,
-                                 [exclude[n] for n in chunk] if exclude is not None else None, encode_ms)
+                                 [exclude[n] for n in chunk] if exclude is not None else None, encode_ms,
+                                 [options[n] for n in chunk] if options is not None else None)
         return results
 
     def session(self, session_id: str | None = None) -> "SearchSession":
@@ -420,7 +465,8 @@ class SearchSession:
         self.last_used = time.monotonic()
 
     def search(self, reference: Query | Reference, text: str | None = None, k: int = 10, *,
-               run: Callable[[set[str]], SearchResult] | None = None) -> SearchResult:
+               run: Callable[[set[str]], SearchResult] | None = None, filter: FilterSpec = None,
+               target_recall: float | None = None) -> SearchResult:
         """A turn from any reference (or QuerySpec); earlier results and references stay
         excluded. ``run(excluded_ids)`` replaces the plain ``retriever.search`` (the server
         passes its micro-batcher)."""
@@ -429,7 +475,8 @@ class SearchSession:
                 raise ValueError(f"session {self.session_id} has reached its {self.max_turns} turns; start a new search")
             excluded = set(self.seen)
             if run is None:
-                result = self.retriever.search(reference, text, k, exclude_reference=True, exclude=excluded)
+                result = self.retriever.search(reference, text, k, exclude_reference=True, exclude=excluded,
+                                               filter=filter, target_recall=target_recall)
             else:
                 result = run(excluded)
             self.turn_count += 1

@@ -38,7 +38,8 @@ import numpy as np
 
 from .errors import IndexDamagedError
 from .files import atomic_save_npy, atomic_write_json
-from .index import DATA_DIR, IndexBackend, get_backend
+from .filters import FilterSpec, MetadataColumns, normalise_metadata, parse_filter
+from .index import DATA_DIR, IndexBackend, Restriction, get_backend
 from .integrity import check_manifest, file_entry, manifest_checksum, verify_files
 from .locking import LOCK, WriterLock, acquire_writer_lock, release_writer_lock
 
@@ -236,6 +237,8 @@ class IndexStore:
         self._arrays: dict[str, np.ndarray] = {}
         self._next_key = int(manifest.get("next_key", 0))
         self._dirty = False
+        self._columns: MetadataColumns | None = None  # metadata filters: built on first use
+        self._filter_keys: dict[str, np.ndarray] = {}
         # map every data file now: a reader keeps its generation's data even after a
         # writer's garbage collection has unlinked the files (POSIX)
         for name in self._segments:
@@ -409,6 +412,18 @@ class IndexStore:
         row = self.records.rows[pos]
         return {name: np.array(self._array(file)[row : row + 1]) for name, file in files.items()}
 
+    def vectors_of_keys(self, keys: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Stored (len(keys), D) float32 embeddings of indexed keys, read segment by segment."""
+        positions = [self.records.key_position[int(k)] for k in keys]
+        segments = np.array([self.records.segments[p] for p in positions], dtype=np.int64)
+        rows = np.array([self.records.rows[p] for p in positions], dtype=np.int64)
+        out = np.empty((len(positions), self.dim), dtype=np.float32)
+        for seg in np.unique(segments):
+            chosen = np.flatnonzero(segments == seg)
+            name = self._segments[int(seg)]
+            out[chosen] = self._array(name)[rows[chosen]]  # segment files are immutable: mapped once
+        return out
+
     def check_fingerprint(self, fingerprint: str, model_name: str = "the model") -> None:
         """Refuse a model whose embeddings differ from the ones in this index."""
         if fingerprint != self.fingerprint:
@@ -419,10 +434,30 @@ class IndexStore:
                 "its embeddings are not comparable: search with that model or build a new index with this one"
             )
 
-    def search(self, queries: np.ndarray, k: int,
-               exclude_ids: Sequence[Iterable[str]] | None = None) -> list[list[tuple[Record, float]]]:
+    def restriction(self, where: FilterSpec) -> Restriction | None:
+        """The keys passing a metadata filter (``filters.parse_filter`` spec), cached per filter."""
+        parsed = parse_filter(where)
+        if parsed is None:
+            return None
+        cache_key = parsed.canonical()
+        if cache_key not in self._filter_keys:
+            if self._columns is None:
+                self._columns = MetadataColumns(self.records.keys, self.records.metadata)
+            if len(self._filter_keys) >= 64:
+                self._filter_keys.clear()
+            self._filter_keys[cache_key] = self._columns.keys_matching(parsed)
+        return Restriction(self._filter_keys[cache_key], parsed)
+
+    def search(self, queries: np.ndarray, k: int, exclude_ids: Sequence[Iterable[str]] | None = None,
+               where: FilterSpec = None, params: Mapping[str, Any] | None = None) -> list[list[tuple[Record, float]]]:
         """Top-``k`` records per query. queries (Q, D) float32; ``exclude_ids[i]`` are image
-        ids never returned for query i (unknown ids are ignored)."""
+        ids never returned for query i (unknown ids are ignored); ``where`` keeps only images
+        whose metadata passes the filter (see ``filters``), with no fewer than ``k`` results
+        when ``k`` images pass, whatever the index; ``params`` overrides the backend's
+        search-time options (e.g. ``{"nprobe": 64}``)."""
+        from .rerank import rescore
+        from .restricted import restricted_search
+
         queries = np.asarray(queries, dtype=np.float32)
         if queries.ndim == 1:
             queries = queries[None]
@@ -430,12 +465,18 @@ class IndexStore:
         if exclude_ids is not None:
             position = self.records.position
             exclude = [[self.records.keys[position[i]] for i in ids if i in position] for ids in exclude_ids]
+        restrict = self.restriction(where)
+        if restrict is not None:
+            return restricted_search(self, queries, k, exclude, restrict, params)
         k = min(k, len(self.records))
         if k == 0:
             return [[] for _ in range(len(queries))]
-        fetch = k
+        depth = self.backend.rerank_depth(k)  # compressed index: re-score candidates exactly
+        fetch = depth or k
         while True:
-            scores, keys = self.backend.search(queries, fetch, exclude)
+            scores, keys = self.backend.search(queries, fetch, exclude, params=params)
+            if depth:
+                scores, keys = rescore(self, queries, keys)
             results = [
                 [(self.records.record(self.records.key_position[key]), float(score))
                  for score, key in zip(row_scores, row_keys) if key in self.records.key_position][:k]
@@ -483,7 +524,11 @@ class IndexStore:
                 self._write_data(files[feature], np.ascontiguousarray(values, dtype=np.float32))
             self._segment_features[name] = files
         keys = np.arange(self._next_key, self._next_key + len(ids), dtype=np.int64)
-        self.backend.add(keys, vectors)
+        stored = None
+        if self.backend.stores_metadata:
+            stored = [normalise_metadata(m) for m in metadata] if metadata is not None else [{}] * len(ids)
+        self.backend.add(keys, vectors, stored)
+        self._columns, self._filter_keys = None, {}
         self._segments.append(name)
         self.records.append(ids, keys.tolist(), [str(p) for p in paths],
                             list(metadata) if metadata is not None else [None] * len(ids), len(self._segments) - 1)
@@ -504,6 +549,7 @@ class IndexStore:
         keys = np.array([self.records.keys[self.records.position[i]] for i in ids], dtype=np.int64)
         self.backend.remove(keys)
         self.records.drop(ids)
+        self._columns, self._filter_keys = None, {}
         self._dirty = True
 
     def commit(self) -> None:
@@ -550,6 +596,23 @@ class IndexStore:
         self._dirty = False
         self.backend.after_commit()
         self._collect_garbage(previous)
+
+    def set_search_options(self, options: Mapping[str, Any], tuning: Mapping[str, Any] | None = None) -> None:
+        """Persist search-time backend options (e.g. a tuned ``nprobe``) and the tuning report
+        that chose them: a new generation whose manifest names the same data files."""
+        self._check_writable()
+        self.backend.options.update(options)
+        manifest = {
+            **self.manifest,
+            "generation": int(self.manifest["generation"]) + 1,
+            "backend": {**self.manifest["backend"], "options": dict(self.backend.options)},
+            "updated": _now(),
+        }
+        if tuning is not None:
+            manifest["tuning"] = dict(tuning)
+        manifest["checksum"] = manifest_checksum(manifest)
+        atomic_write_json(self.directory / MANIFEST, manifest)
+        self.manifest = manifest
 
     def _rebuild_backend(self) -> None:
         """Rebuild the backend from the live vectors (e.g. an HNSW graph full of deleted nodes)."""

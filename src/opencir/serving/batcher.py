@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from ..retrieval.retriever import PreparedQuery, Retriever, SearchResult
+from ..retrieval.retriever import PreparedQuery, Retriever, SearchOptions, SearchResult
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ class _Job:
     prepared: PreparedQuery
     k: int
     exclude: set[str]
+    options: SearchOptions | None = None
     future: Future = field(default_factory=Future)
 
 
@@ -50,11 +51,13 @@ class MicroBatcher:
     def enabled(self) -> bool:
         return self._thread is not None
 
-    def search(self, prepared: PreparedQuery, k: int, exclude: Iterable[str] = ()) -> SearchResult:
-        """The result of one prepared query (blocks the calling thread until its batch ran)."""
+    def search(self, prepared: PreparedQuery, k: int, exclude: Iterable[str] = (),
+               options: SearchOptions | None = None) -> SearchResult:
+        """The result of one prepared query (blocks the calling thread until its batch ran);
+        ``options``: its filter and search parameters (``Retriever.search_options``)."""
         if not self.enabled:
-            return self._run([_Job(prepared, k, set(exclude))])[0]
-        job = _Job(prepared, k, set(exclude))
+            return self._run([_Job(prepared, k, set(exclude), options)])[0]
+        job = _Job(prepared, k, set(exclude), options)
         self._queue.put(job)
         return job.future.result()
 
@@ -75,7 +78,7 @@ class MicroBatcher:
         vectors = self.retriever.encode([j.prepared for j in jobs])
         encode_ms = 1000 * (time.perf_counter() - start)
         results = self.retriever.rank([j.prepared for j in jobs], vectors, [j.k for j in jobs], True,
-                                      [j.exclude for j in jobs], encode_ms)
+                                      [j.exclude for j in jobs], encode_ms, [j.options for j in jobs])
         self.batches += 1
         self.queries += len(jobs)
         return results

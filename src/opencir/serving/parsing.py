@@ -51,6 +51,28 @@ class ParsedSearch:
     spec: QuerySpec
     k: int
     session_id: str | None
+    filter: dict[str, Any] | None = None
+    target_recall: float | None = None
+
+
+def form_search_options(form: FormData) -> tuple[dict[str, Any] | None, float | None]:
+    """``filter`` (a JSON object as text) and ``target_recall`` of a multipart search."""
+    raw_filter, raw_target = form.get("filter"), form.get("target_recall")
+    where = None
+    if raw_filter:
+        try:
+            where = json.loads(str(raw_filter))
+        except json.JSONDecodeError:
+            where = None
+        if not isinstance(where, dict):
+            raise ApiError(422, "invalid_request", 'filter must be a JSON object such as {"color": "red"}')
+    target = None
+    if raw_target:
+        try:
+            target = float(str(raw_target))
+        except ValueError:
+            raise ApiError(422, "invalid_request", f"target_recall must be a number, got {raw_target!r}") from None
+    return where, target
 
 
 # ------------------------------------------------------------------- JSON
@@ -163,7 +185,7 @@ class StrictMultiPartParser(MultiPartParser):
 async def read_form(request: Request, settings: ServeSettings) -> FormData:
     """The multipart form (at most ``max_references`` files), strictly decoded."""
     parser = StrictMultiPartParser(request.headers, request.stream(), max_files=settings.max_references,
-                                   max_fields=4 + 2 * settings.max_texts + settings.max_references,
+                                   max_fields=6 + 2 * settings.max_texts + settings.max_references,
                                    max_part_size=FORM_OVERHEAD_BYTES)
     try:
         return await parser.parse()
@@ -176,7 +198,8 @@ async def read_form(request: Request, settings: ServeSettings) -> FormData:
 async def spec_from_form(form: FormData, settings: ServeSettings) -> tuple[QuerySpec, int, str | None]:
     """(spec, k, session_id) of a multipart search: repeatable ``image`` / ``ref_id`` /
     ``text`` / ``negative_text`` fields, ``k`` and ``session_id``."""
-    unknown = sorted({key for key, _ in form.multi_items()} - {"image", "ref_id", "text", "negative_text", "k", "session_id"})
+    unknown = sorted({key for key, _ in form.multi_items()}
+                     - {"image", "ref_id", "text", "negative_text", "k", "session_id", "filter", "target_recall"})
     if unknown:
         raise ApiError(422, "invalid_request", f"unknown fields {unknown}")
     references: list[Weighted] = []
@@ -226,16 +249,17 @@ async def parse_search(request: Request, settings: ServeSettings) -> ParsedSearc
             raise ApiError(422, "invalid_text", str(err)) from None
         except ValueError as err:
             raise ApiError(422, "invalid_request", str(err)) from None
-        return ParsedSearch(spec, k, query.session_id)  # type: ignore[attr-defined]
+        return ParsedSearch(spec, k, query.session_id, query.filter, query.target_recall)  # type: ignore[attr-defined]
     if content_type == "multipart/form-data":
         form = await read_form(request, settings)
         try:  # close the spooled upload files whatever happens
             spec, k, session_id = await spec_from_form(form, settings)
+            where, target = form_search_options(form)
         finally:
             await form.close()
         if session_id is not None and len(session_id) > 64:
             raise ApiError(422, "invalid_request", "session_id is at most 64 characters")
-        return ParsedSearch(spec, k, session_id)
+        return ParsedSearch(spec, k, session_id, where, target)
     raise ApiError(415, "unsupported_media_type",
                    "send application/json ({ref_id, text, k}) or multipart/form-data (image, text, k)")
 

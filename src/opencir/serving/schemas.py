@@ -36,6 +36,10 @@ class QueryBody(BaseModel):
     negative_texts: Optional[list[Union[str, WeightedText]]] = Field(
         None, description="texts the results should not match (default weight 0.5)")
     k: int = Field(10, description="number of results (1..max_k, see /v1/info)")
+    filter: Optional[dict[str, Any]] = Field(
+        None, description='keep images whose metadata passes: {"color": "red", "price": {"lt": 50}, '
+        '"brand": ["a", "b"]} (operators eq, in, gt, gte, lt, lte; fields ANDed)')
+    target_recall: Optional[float] = Field(None, gt=0, le=1, description="search effort of a tuned approximate index")
 
 
 class SearchRequest(QueryBody):
@@ -133,5 +137,7 @@ SEARCH_MULTIPART_SCHEMA: dict[str, Any] = {
         "negative_text": {"type": "array", "items": {"type": "string"}, "description": "texts to avoid"},
         "k": {"type": "integer", "default": 10},
         "session_id": {"type": "string"},
+        "filter": {"type": "string", "description": 'metadata filter as a JSON object, e.g. {"color": "red"}'},
+        "target_recall": {"type": "number", "description": "search effort of a tuned approximate index"},
     },
 }

@@ -47,9 +47,10 @@ def _search(service: Service, parsed, client: str) -> SearchResult:
     micro-batcher. A new session is stored only once its first search has succeeded."""
     sessions = service.sessions
     session = sessions.get(parsed.session_id) if parsed.session_id else sessions.new()
+    options = service.retriever.search_options(parsed.filter, parsed.target_recall)
     prepared = service.retriever.prepare(parsed.spec)
     result = session.search(parsed.spec, k=parsed.k,
-                            run=lambda excluded: service.batcher.search(prepared, parsed.k, excluded))
+                            run=lambda excluded: service.batcher.search(prepared, parsed.k, excluded, options))
     if parsed.session_id is None:
         sessions.add(session, client)
     return result
@@ -80,8 +81,8 @@ async def search(request: Request) -> SearchResponse:
     return search_response(result)
 
 
-def _batch(service: Service, specs: list, ks: list[int]) -> list[SearchResult]:
-    return service.retriever.search_many(specs, ks, batch_size=service.settings.micro_batch_size)
+def _batch(service: Service, specs: list, ks: list[int], options: list) -> list[SearchResult]:
+    return service.retriever.search_many(specs, ks, batch_size=service.settings.micro_batch_size, options=options)
 
 
 @router.post(
@@ -108,10 +109,11 @@ async def search_batch(request: Request) -> BatchResponse:
         raise ApiError(422, "invalid_request",
                        f"a batch has 1 to {settings.max_batch_queries} queries, got {len(queries)}")
     default_k = payload.get("k", 10)
-    specs, ks = [], []
+    specs, ks, options = [], [], []
     for n, item in enumerate(queries):
         try:
-            spec, k, _ = spec_from_json(item, settings, QueryBody, f"queries[{n}]", default_k)
+            spec, k, query = spec_from_json(item, settings, QueryBody, f"queries[{n}]", default_k)
+            options.append(service.retriever.search_options(query.filter, query.target_recall))
         except ApiError:
             raise
         except (KeyError, ValueError) as err:
@@ -120,7 +122,7 @@ async def search_batch(request: Request) -> BatchResponse:
         ks.append(k)
     start = time.perf_counter()
     try:
-        results = await run_in_threadpool(_batch, service, specs, ks)
+        results = await run_in_threadpool(_batch, service, specs, ks, options)
     except (KeyError, ValueError) as err:
         raise api_error(err if isinstance(err, QueryFailed) or len(specs) > 1 else QueryFailed(0, err)) from None
     total = 1000 * (time.perf_counter() - start)
