@@ -25,7 +25,7 @@ def test_demo_model_round_trips_through_the_hub_cache(tmp_path, monkeypatch, hub
     settings = DemoSettings(train_triplets=120, val_triplets=20, test_triplets=20, clip_epochs=1, stage1_epochs=1,
                             stage2_epochs=1, batch_size=32)
     run_demo(tmp_path / "demo", settings, device="cpu")
-    best = tmp_path / "demo" / "runs" / "clip4cir-stage2" / "best"
+    best = tmp_path / "demo" / "runs" / "seed-0" / "clip4cir-stage2" / "best"
     card = ModelCard.load(best / "README.md")
     assert card.data.library_name == "opencir" and card.data.datasets == ["cir-shapes"]
     assert "model-index" in card.data.to_dict()

@@ -40,6 +40,8 @@ def test_eval_baseline_writes_metrics_and_pictures(shapes_root, tmp_path, capsys
                  "--cache-dir", str(tmp_path / "cache")]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"R@1", "R@5", "R@10", "R@50"}
+    analysis = json.loads((out / "analysis.json").read_text())  # sum composes image and text: shortcut analysis
+    assert analysis["shortcuts"]["subset"] == "composition-only" and "neither image-only" in analysis["shortcuts"]["rule"]
     assert (out / "metrics.png").stat().st_size > 0 and (out / "retrieval_grid.png").stat().st_size > 0
     rankings = json.loads((out / "rankings.json").read_text())
     assert len(rankings) == 40 and all(len(r) == 50 for r in rankings.values())

@@ -39,11 +39,16 @@ def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
                         help="encoder compute precision; auto: bf16 on CPUs with native bf16, else fp32")
     parser.add_argument("--cache-dir", default=".cache/features")
+    parser.add_argument("--no-analysis", action="store_true", help="skip the shortcut analysis (image-only and "
+                        "text-only on the same backbone) and the per-type breakdowns")
 
 
 def _run(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..evaluation.evaluator import evaluate
+    from ..evaluation.outputs import write_eval_dir
+    from ..evaluation.protocols import has_ground_truth
+    from ..evaluation.shortcuts import format_shortcuts
     from ..evaluation.plots import bar_plot, retrieval_grid
     from ..methods import load_model
     from ..methods.io import build_method
@@ -59,21 +64,21 @@ def _run(args: argparse.Namespace) -> int:
         method = build_method(args.method, BackboneSpec(args.arch, args.pretrained)).to(device).eval()
     dataset = load_dataset(args.dataset, args.root, args.split, **parse_options(args.option))
     keep = bool(args.out or args.submission)
+    analysis = not args.no_analysis and has_ground_truth(dataset)
     result = evaluate(method, dataset, args.batch_size, device, args.cache_dir, keep_rankings=keep,
-                      precision=args.precision)
+                      precision=args.precision, analysis=analysis)
     print(json.dumps(result.metrics, indent=2))
+    if result.analysis.get("shortcuts"):
+        print(format_shortcuts(result.analysis["shortcuts"]))
     if args.submission:
         from ..data.submission import write_submission
 
         for path in write_submission(dataset, result.rankings, args.submission, result.subset_rankings or None):
             print(f"wrote {path}")
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
-        (out / "rankings.json").write_text(json.dumps(result.rankings))
-        if result.subset_rankings:  # CIRR: lets `opencir eval-rankings --subset-rankings` reproduce Rsubset
-            (out / "subset_rankings.json").write_text(json.dumps(result.subset_rankings))
+        out = write_eval_dir(args.out, dataset, result.metrics, result.rankings, result.subset_rankings,
+                             result.analysis, parse_options(args.option),
+                             {"model": args.model, "method": method.name, "arch": method.backbone.spec.arch})
         if args.plots:
             from ..evaluation.protocols import numeric_metrics
 

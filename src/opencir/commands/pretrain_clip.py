@@ -13,7 +13,8 @@ def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warmup-steps", type=int, default=50, help="linear warm-up steps before the cosine decay")
+    parser.add_argument("--seed", type=int, default=0, help="same seed + same thread count = bit-identical checkpoint on CPU")
     parser.add_argument("--run-dir", help="training run folder (default: next to --out)")
 
 
@@ -21,7 +22,8 @@ def _run(args: argparse.Namespace) -> int:
     from ..training.run import pretrain_small_clip
 
     path = pretrain_small_clip(args.data, args.out, arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
-                               lr=args.lr, seed=args.seed, run_dir=args.run_dir)
+                               lr=args.lr, seed=args.seed, run_dir=args.run_dir,
+                               warmup_steps=args.warmup_steps)
     print(f"wrote {path}")
     return 0
 

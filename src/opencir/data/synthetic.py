@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -182,6 +183,54 @@ def _edit(kind: str, scene: Scene, rng: random.Random, allow_held_out: bool) -> 
         negatives = [_swap(scene, obj, replace(obj, cell=wrong))]
         return Edit(kind, f"move {ref} to the {POSITIONS[cell]}", target, tuple(negatives))
     raise ValueError(f"unknown edit kind {kind!r}; valid: {', '.join(EDITS)}")
+
+
+# ----------------------------------------------------------------------------- paraphrases
+
+_PARSE = {
+    "add": re.compile(r"^add (?P<obj>a \w+ \w+ \w+) at (?P<pos>.+)$"),
+    "remove": re.compile(r"^remove (?P<ref>the .+)$"),
+    "recolour": re.compile(rf"^make (?P<ref>the .+) (?P<colour>{'|'.join(COLOURS)})$"),
+    "resize": re.compile(rf"^make (?P<ref>the .+) (?P<size>{'|'.join(SIZES)})$"),
+    "move": re.compile(r"^move (?P<ref>the .+) to the (?P<pos>.+)$"),
+}
+_FRAMES = {  # frame 0 is the generator's own wording
+    "add": ("add {obj} at {pos}", "put {obj} at the {pos}", "place {obj} in the {pos}", "insert {obj} at the {pos}",
+            "there should also be {obj} at the {pos}"),
+    "remove": ("remove {ref}", "delete {ref}", "take away {ref}", "get rid of {ref}", "{ref} should be gone"),
+    "recolour": ("make {ref} {colour}", "change {ref} to {colour}", "turn {ref} {colour}", "paint {ref} {colour}",
+                 "change the colour of {ref} to {colour}"),
+    "resize": ("make {ref} {size}", "change {ref} to {size}", "turn {ref} {size}", "{ref} should be {size}",
+               "change the size of {ref} to {size}"),
+    "move": ("move {ref} to the {pos}", "put {ref} at the {pos}", "shift {ref} to the {pos}", "place {ref} in the {pos}",
+             "{ref} should go to the {pos}"),
+}
+_OPENERS = ("", "please ", "now ")
+
+
+def paraphrase_templates(kind: str) -> list[str]:
+    """Every paraphrase template of edit ``kind``: the product of sentence frames and
+    openers, ordered so that template 0 is the generator's wording and the next ones change
+    the frame first (``len(frames) * len(openers)`` templates)."""
+    if kind not in _FRAMES:
+        raise ValueError(f"unknown edit kind {kind!r}; valid: {', '.join(EDITS)}")
+    return [opener + frame for opener in _OPENERS for frame in _FRAMES[kind]]
+
+
+def paraphrase(kind: str, text: str, template: int) -> str:
+    """``text`` (a generated modification of edit ``kind``) reworded with template number
+    ``template`` (modulo the number of templates); the slots keep their values."""
+    match = _PARSE[kind].match(text) if kind in _PARSE else None
+    if match is None:
+        raise ValueError(f"{text!r} is not a generated {kind!r} modification text")
+    templates = paraphrase_templates(kind)
+    return templates[template % len(templates)].format(**match.groupdict())
+
+
+def paraphrased(dataset: CIRDataset, template: int) -> CIRDataset:
+    """A copy of a cir-shapes split whose every modification text uses template ``template``."""
+    triplets = [replace(t, captions=(paraphrase(t.extra["edit"], t.captions[0], template),)) for t in dataset.triplets]
+    return replace(dataset, triplets=triplets)
 
 
 class _SceneIds:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -31,6 +31,8 @@ class EvalResult:
     rankings: dict[str, list[str]] = field(default_factory=dict)
     subset_rankings: dict[str, list[str]] = field(default_factory=dict)
     scores: dict[str, list[float]] = field(default_factory=dict)
+    analysis: dict[str, Any] = field(default_factory=dict)
+    """With ``evaluate(analysis=True)``: breakdowns and the shortcut analysis (``opencir.evaluation.shortcuts``)."""
 
 
 @dataclass
@@ -155,9 +157,11 @@ def evaluate(
     keep_rankings: bool = False,
     text_cache: TextFeatureCache | None = None,
     precision: str = "fp32",
+    analysis: bool = False,
     sharding: Sharding | None = None,
 ) -> EvalResult:
-    """Official metrics of ``method`` on ``dataset`` (per part, plus ``avg/`` over parts).
+    """Official metrics of ``method`` on ``dataset`` (per part, plus ``avg/`` over parts);
+    ``analysis`` adds breakdowns and, for composition methods, the shortcut analysis.
 
     ``precision``: ``fp32`` (default, exact), ``bf16``, ``fp16`` (CUDA) or ``auto``
     (``encoding.precision``). With a ``sharding`` of several ranks (every rank calls it)
@@ -188,12 +192,17 @@ def evaluate(
         )
         if has_ground_truth(part):  # hidden test splits: rankings only (for submissions)
             per_part[part_name] = protocol.evaluate(part.triplets, rankings, subsets or None)
-        if keep_rankings:
+        if keep_rankings or analysis:
             result.rankings.update(rankings)
             result.subset_rankings.update(subsets)
             result.scores.update(scores)
         table = embeddings.table
     result.metrics = {**aggregate_parts(per_part), **protocol_labels(dataset)} if per_part else {}
+    if analysis and per_part:
+        from .shortcuts import analyze
+
+        result.analysis = analyze(method, dataset, result.rankings, result.subset_rankings or None, batch_size, device,
+                                  cache_dir, precision=precision)
     return result
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import IO, Any, Mapping, Sequence
 
 from ..data.images import load_image
 from ..data.types import CIRDataset
@@ -17,7 +17,17 @@ def _pyplot():
     return plt
 
 
-def bar_plot(table: Mapping[str, Mapping[str, float]], metrics: Sequence[str], path: str | Path, title: str = "") -> Path:
+def _save(fig: Any, path: str | Path | IO[bytes], dpi: int) -> str | Path | IO[bytes]:
+    """Save and close ``fig`` as PNG to a path or a binary file object (for data URIs)."""
+    plt = _pyplot()
+    target = Path(path) if isinstance(path, (str, Path)) else path
+    fig.savefig(target, dpi=dpi, format="png")
+    plt.close(fig)
+    return target
+
+
+def bar_plot(table: Mapping[str, Mapping[str, float]], metrics: Sequence[str], path: str | Path | IO[bytes],
+             title: str = "") -> Path:
     """Grouped bars: one group per metric, one bar per row (model) of ``table``."""
     plt = _pyplot()
     rows = list(table)
@@ -34,17 +44,14 @@ def bar_plot(table: Mapping[str, Mapping[str, float]], metrics: Sequence[str], p
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, 120)
 
 
 def retrieval_grid(
     dataset: CIRDataset,
     rankings: Mapping[str, Sequence[str]],
     query_ids: Sequence[str],
-    path: str | Path,
+    path: str | Path | IO[bytes],
     top: int = 5,
     texts: Mapping[str, str] | None = None,
 ) -> Path:
@@ -72,7 +79,22 @@ def retrieval_grid(
             ax.set_xticks([])
             ax.set_yticks([])
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, 110)
+
+
+def training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path | IO[bytes]) -> Path:
+    """Per run (``metrics.jsonl`` records): training losses (left) and validation metrics
+    (right) against the epoch."""
+    plt = _pyplot()
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, records in runs.items():
+        epochs = [r["epoch"] + 1 for r in records]
+        ax_loss.plot(epochs, [r.get("train/loss", float("nan")) for r in records], marker=".", label=name)
+        for key in [k for k in (records[0] if records else {}) if k in ("val/R@1", "val/R@10", "val/avg/R@10")]:
+            ax_val.plot(epochs, [r.get(key, float("nan")) for r in records], marker=".", label=f"{name} {key[4:]}")
+    ax_loss.set_xlabel("epoch"), ax_loss.set_ylabel("train loss"), ax_loss.set_title("training loss")
+    ax_val.set_xlabel("epoch"), ax_val.set_ylabel("%"), ax_val.set_title("validation")
+    for ax in (ax_loss, ax_val):
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path, 100)

@@ -12,7 +12,8 @@ from ..methods.io import build_method, load_backbone_weights, load_weights_into
 from .config import BackboneConfig, DatasetConfig, RunConfig, TrainConfig, load_run_config
 from .pretrain import ClipPretrain, ClipPretrainConfig, export_backbone_checkpoint
 from .distributed import init_distributed
-from .trainer import Trainer, seed_everything
+from .seeding import seed_everything
+from .trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ def run_from_config(config: RunConfig, resume: bool = True) -> dict[str, Any]:
     Under ``torchrun`` every rank runs this: it joins the process group first (clear
     errors for a rank without a device or NCCL on CPU)."""
     context = init_distributed(config.device, config.train.backend)
-    seed_everything(config.train.seed)  # before the random init (issue 12.11; the "trust" branch does the same)
+    seed_everything(config.train.seed)  # before the random initialisation (issue 12 item 11)
     spec = BackboneSpec(**dataclasses.asdict(config.backbone))
     method = build_method(config.method, spec, config.method_config)
     if config.init_from:
@@ -53,6 +54,7 @@ def pretrain_small_clip(
     seed: int = 0,
     run_dir: str | Path | None = None,
     device: str = "auto",
+    warmup_steps: int = 50,
 ) -> Path:
     """Train a small CLIP on cir-shapes train images + captions; export an open_clip checkpoint.
 
@@ -65,11 +67,12 @@ def pretrain_small_clip(
         backbone=BackboneConfig(arch=arch, pretrained=None),
         dataset=DatasetConfig(name="cir-shapes", root=str(data_root)),
         train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6,
-                          schedule="cosine", warmup_steps=50, seed=seed, select_metrics=("R@1", "R@5"), amp=True),
+                          schedule="cosine", warmup_steps=warmup_steps, seed=seed, select_metrics=("R@1", "R@5"), amp=True),
         output_dir=str(run_dir),
         device=device,
         cache_dir=None,
     )
+    seed_everything(seed)  # before the random initialisation of the backbone
     method = ClipPretrain(ClipBackbone(BackboneSpec(arch)), ClipPretrainConfig())
     train_set = load_dataset("cir-shapes", data_root, "train")
     val_set = load_dataset("cir-shapes", data_root, "val")

@@ -40,6 +40,7 @@ from .distributed import (DistributedContext, StepGather, check_batch_split, fro
                           grad_scaler, init_distributed, load_optimizer_state, micro_batches, no_sync,
                           optimizer_state_dict, restore_buffers, wrap_model)
 from .optim import OPTIMIZERS, SCHEDULES
+from .seeding import loader_generator, seed_everything, seed_worker
 
 log = logging.getLogger(__name__)
 STEPS_FILE = "steps.jsonl"
@@ -50,12 +51,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 class _PixelPairs(Dataset):
@@ -130,7 +125,7 @@ class Trainer:
         return [_BatchPlan(order[i : min(i + size, stop)]) for i in range(0, stop, size)]
 
     def _image_batches(
-        self, examples: list[Any], plans: list[_BatchPlan], table: FeatureTable | None
+        self, examples: list[Any], plans: list[_BatchPlan], table: FeatureTable | None, epoch: int = 0
     ) -> Iterator[list[Any]]:
         """Per batch, one entry per image slot (reference, target) or (image,): cached
         Features rows when ``table`` is given, else collated pixels (and masks)."""
@@ -144,7 +139,8 @@ class Trainer:
         pixels = _PixelPairs(self.train_set, [self._image_keys(examples[r]) for r in flat], transform, self.req.needs_masks)
         sizes = [len(plan.rows) for plan in plans]
         sampler = _ChunkSampler(sizes)
-        loader = DataLoader(pixels, batch_sampler=sampler, num_workers=self.cfg.num_workers, collate_fn=_collate)
+        loader = DataLoader(pixels, batch_sampler=sampler, num_workers=self.cfg.num_workers, collate_fn=_collate,
+                            generator=loader_generator(self.cfg.seed + epoch), worker_init_fn=seed_worker)
         yield from loader  # pixel slots; encoded inside the step's autocast (see _encode_slots)
 
     def _encode_slots(self, slots: list[Any], from_table: bool) -> list[Features]:
@@ -259,7 +255,7 @@ class Trainer:
             local = [[_BatchPlan(rows) for rows in micro_batches(plan.rows, ctx.rank, ctx.world_size, cfg.accumulate)]
                      for plan in plans]
             position = [{row: i for i, row in enumerate(plan.rows)} for plan in plans]
-            micro_slots = self._group(self._image_batches(examples, [m for micros in local for m in micros], table),
+            micro_slots = self._group(self._image_batches(examples, [m for micros in local for m in micros], table, epoch),
                                       cfg.accumulate)
             bar = tqdm(zip(local, micro_slots), total=len(plans), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        unit="batch", disable=None if ctx.is_main else True)
