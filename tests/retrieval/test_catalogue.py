@@ -66,4 +66,4 @@ def test_csv_manifest_errors_name_the_line(tmp_path, make_images, content, error
     make_images(tmp_path / "imgs", 2)
     (tmp_path / "manifest.csv").write_text(content)
     with pytest.raises(error, match=match):
-        read_catalogue(tmp_path / "manifest.csv")
+        read_catalogue(tmp_path / "manifest.csv", on_error="fail")

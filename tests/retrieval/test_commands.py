@@ -48,3 +48,25 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys, model_dir, other_model_
     assert main(["index", "--out", str(tmp_path / "new"), "--model", str(model_dir), "--images", str(image_folder),
                  "--factory", "HNSW8"]) == 2
     assert "--factory needs --backend faiss" in capsys.readouterr().err
+
+
+def test_index_verify_reports_and_names_a_damaged_file(tmp_path, capsys, model_dir, image_folder):
+    out = tmp_path / "idx"
+    assert main(["index", "--model", str(model_dir), "--images", str(image_folder), "--out", str(out),
+                 "--backend", "faiss", "--factory", "HNSW8"]) == 0
+    capsys.readouterr()
+    assert main(["index", "--out", str(out), "--verify"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and report["files"] == report["hashed"] >= 3
+    manifest = json.loads((out / "manifest.json").read_text())
+    target = out / manifest["backend"]["state"]["index_file"]
+    data = bytearray(target.read_bytes())
+    data[len(data) // 3] ^= 0x10
+    target.write_bytes(bytes(data))
+    assert main(["index", "--out", str(out), "--verify"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(target) in err[0] and "damaged" in err[0]
+    assert main(["search", "--index", str(out), "--ref-id", "img001", "--text", "x"]) == 2
+    assert str(target) in capsys.readouterr().err
+    assert main(["index", "--out", str(out), "--verify", "--delete", "img001"]) == 2
+    assert "--verify is used on its own" in capsys.readouterr().err

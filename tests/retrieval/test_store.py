@@ -57,9 +57,9 @@ def test_round_trip_add_delete_reopen(tmp_path, backend):
     scores[0, 0] = -np.inf
     expected = [[ids[j] for j in np.argsort(-row, kind="stable")[:5]] for row in scores]
     assert ids_of(after) == expected
-    # only the files of the last generation remain
+    # only the files of the last two generations remain (the previous one for racing readers)
     names = sorted(p.name for p in (tmp_path / "data").iterdir())
-    assert [n for n in names if n.startswith("records-")] == ["records-000002.json"]
+    assert [n for n in names if n.startswith("records-")] == ["records-000001.json", "records-000002.json"]
 
 
 def test_crash_during_commit_keeps_the_previous_index(tmp_path):
@@ -109,7 +109,7 @@ def test_one_writer_at_a_time_and_read_only_guard(tmp_path):
     with new_store(tmp_path) as store:
         store.add(["a"], unit_rows(1, 0), ["p"])
         store.commit()
-        with pytest.raises(RuntimeError, match="being written by another process"):
+        with pytest.raises(RuntimeError, match=r"being written by process \d+ on "):
             IndexStore.open(tmp_path, writable=True)
         with IndexStore.open(tmp_path) as reader:  # readers need no lock
             assert reader.ids() == ["a"]

@@ -27,6 +27,14 @@ def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
                         help="encoder compute precision; auto: bf16 on CPUs with native bf16, else fp32")
     parser.add_argument("--delete", action="append", default=[], metavar="ID", help="remove an image id (repeatable)")
+    parser.add_argument("--on-error", choices=["skip", "fail"], default="skip",
+                        help="unreadable images: skip them and list them in OUT/ingest-report.json (default), "
+                        "or stop at the first one")
+    parser.add_argument("--reference-features", choices=["auto", "on", "off"], default="auto",
+                        help="store each image's reference-side features so queries by id skip the image "
+                        "encoder (auto: when they are small); applies when the index is created")
+    parser.add_argument("--verify", action="store_true",
+                        help="check every file of the index at --out against its recorded SHA-256 and exit")
     parser.add_argument("--target-recall", type=float, metavar="R", help="tune the approximate index's nprobe / "
                         "ef_search for recall@10 >= R on a sample of its own vectors and store it (alone: retune)")
     parser.add_argument("--tune-sample", type=int, default=500, help="held-out vectors used by --target-recall")
@@ -35,6 +43,13 @@ def _add(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     from ..retrieval.indexing import delete_images, index_catalogue
 
+    if args.verify:
+        if args.model or args.images or args.delete:
+            raise ValueError("--verify is used on its own: opencir index --out IDX --verify")
+        from ..retrieval.store import verify_index
+
+        print(json.dumps(verify_index(args.out), indent=2))
+        return 0
     if args.target_recall is not None:
         from ..retrieval.tuning import check_target
 
@@ -63,16 +78,19 @@ def _run(args: argparse.Namespace) -> int:
         options["factory"] = args.factory
     context = init_distributed(args.device)  # under torchrun: the catalogue is encoded across ranks
     device = context.device if context.distributed else resolve_device(args.device)
-    catalogue = read_catalogue(args.images)
+    catalogue = read_catalogue(args.images, args.on_error)
     method = load_model(args.model, device=device)
     report = index_catalogue(method, catalogue, args.out, args.backend, options, args.shard_size,
                              args.batch_size, device, args.num_workers, model_dir=args.model,
-                             precision=args.precision, sharding=context)
+                             precision=args.precision, sharding=context, on_error=args.on_error,
+                             reference_features=args.reference_features)
     if not context.is_main:
         return 0
     print(json.dumps({
         "index": str(report.index_dir), "added": report.added, "already_indexed": report.already_indexed,
         "encoded_shards": report.encoded_shards, "resumed_shards": report.reused_shards, "total": report.total,
+        "skipped": len(report.skipped), "report": str(report.report_file),
+        "reference_features": report.reference_features,
     }, indent=2))
     if args.target_recall is not None:
         _tune(args)

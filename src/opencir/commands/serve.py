@@ -29,6 +29,11 @@ def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shutdown-grace-s", type=float, default=10.0,
                         help="on SIGTERM/SIGINT, wait at most this long for open requests")
     parser.add_argument("--log-level", default="info", help="uvicorn log level (debug, info, warning, error)")
+    parser.add_argument("--admin-token-file", help="file holding the token that HTTP add/delete requests must send "
+                        "(Authorization: Bearer ...); or set OPENCIR_ADMIN_TOKEN. Without one, add/delete is "
+                        "open on loopback binds only")
+    parser.add_argument("--lock-timeout", type=float, default=10.0,
+                        help="seconds an HTTP add/delete waits for another writer before answering 409")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -36,6 +41,7 @@ def _run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from ..serving.admin import AdminSettings
     from ..serving.app import ServeSettings, create_app
 
     settings = ServeSettings(device=args.device, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
@@ -43,10 +49,36 @@ def _run(args: argparse.Namespace) -> int:
                              max_sessions_per_client=args.max_sessions_per_client, body_timeout_s=args.body_timeout_s,
                              shutdown_grace_s=args.shutdown_grace_s, micro_batch_size=args.micro_batch,
                              micro_batch_wait_ms=args.micro_batch_wait_ms, threads=args.threads)
-    app = create_app(args.index, args.model, settings)
+    admin = AdminSettings(token=_admin_token(args.admin_token_file), loopback_only=is_loopback(args.host),
+                          lock_timeout_s=args.lock_timeout)
+    app = create_app(args.index, args.model, settings, admin)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1,
                 timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_grace_s)))
     return 0
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to a public address
+
+
+def _admin_token(path: str | None) -> str | None:
+    import os
+    from pathlib import Path
+
+    if path:
+        token = Path(path).read_text().strip()
+        if not token:
+            raise ValueError(f"--admin-token-file {path} is empty")
+        return token
+    return os.environ.get("OPENCIR_ADMIN_TOKEN") or None
 
 
 COMMANDS.register("serve")(Command("serve the search API and web page over an index", _add, _run,

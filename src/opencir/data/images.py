@@ -7,28 +7,42 @@ in place by seeking to the member's data: no unpacking. Each shard's member inde
 small LRU keyed by the shard's path, mtime and size. Everything decodes through
 :func:`decode_image`, so the missing/corrupt/oversized checks are identical for files,
 tar members and uploaded bytes.
+
+Decoding is also *normalised* the same way for every reader (indexing, evaluation,
+training, uploads, thumbnails; see :func:`normalise_image`): the first frame of animated
+files, EXIF orientation applied, 16-bit and float greys scaled to 8 bits (not clipped to
+white), and transparency (RGBA, LA, palette images with a transparent colour) composited
+onto a white background, so a transparent pixel looks the same whatever the file format.
+For plain 8-bit RGB/L/CMYK images without an EXIF rotation this equals PIL's
+``Image.open(path).convert("RGB")`` that the official research code uses.
 """
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import BinaryIO, Mapping
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_IMAGE_PIXELS = 89_478_485  # PIL's own decompression-bomb default, made explicit
 MEMBER_SEPARATOR = "::"
 SHARD_INDEX_CACHE = 1024  # shards whose member index a process keeps (about 150 bytes per member)
+ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, whatever the format
+_EXIF_ORIENTATION = 0x0112
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
 
 
 class ImageLoadError(ValueError):
     """An image could not be read; the message says which file and why.
 
-    ``reason`` is one of ``missing``, ``empty``, ``not_an_image``, ``corrupt``, ``too_large``.
+    ``reason`` is one of ``missing``, ``empty``, ``not_an_image``, ``corrupt``, ``too_large``,
+    ``unreadable`` (the file exists but cannot be opened: permissions, I/O error).
     """
 
     def __init__(self, message: str, reason: str = "corrupt") -> None:
@@ -53,8 +67,10 @@ def decode_image(data: bytes | BinaryIO, source: str, mode: str = "RGB",
             if image.width * image.height > max_pixels:
                 raise ImageLoadError(f"image too large: {source} is {image.width}x{image.height} pixels "
                                      f"(limit {max_pixels})", "too_large")
+            if getattr(image, "n_frames", 1) > 1:
+                image.seek(0)  # animated GIF / WebP / APNG: the first frame
             image.load()
-            return image.convert(mode)
+            return normalise_image(image, mode)
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
@@ -64,6 +80,39 @@ def decode_image(data: bytes | BinaryIO, source: str, mode: str = "RGB",
         raise ImageLoadError(f"image too large: {source}: {err}", "too_large") from err
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise ImageLoadError(f"cannot read image {source}: {err}", "corrupt") from err
+
+
+def _to_eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit / 32-bit integer and float greys as 8-bit ``L`` (scaled, not clipped)."""
+    values = np.asarray(image)
+    if image.mode == "F":
+        values = values.astype(np.float64)
+        scale = 255.0 if np.nanmax(values, initial=0.0) <= 1.0 else 1.0  # 0..1 floats, else 0..255
+        values = np.nan_to_num(values) * scale
+    else:  # 16-bit range (PNG/TIFF 16-bit greys decode to I;16 or I)
+        values = np.clip(values.astype(np.float64), 0, 65535) / 257.0
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+
+
+def normalise_image(image: Image.Image, mode: str = "RGB") -> Image.Image:
+    """``image`` (already opened) as ``mode`` with the shared decoding rules: EXIF
+    orientation applied, high bit depths scaled, transparency composited onto
+    ``ALPHA_BACKGROUND``. Used for files, tar members, uploads and in-memory PIL images."""
+    if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "F":
+        image = _to_eight_bit(image)
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
+        image = Image.alpha_composite(canvas, rgba).convert("RGB")
+    elif image.mode == "L" and "transparency" in image.info:
+        image = image.convert("RGBA")
+        canvas = Image.new("RGBA", image.size, (*ALPHA_BACKGROUND, 255))
+        image = Image.alpha_composite(canvas, image).convert("RGB")
+    return image if image.mode == mode else image.convert(mode)
 
 
 # -------------------------------------------------------------- tar members
@@ -167,6 +216,8 @@ def load_image(path: str | Path, mode: str = "RGB") -> Image.Image:
     try:
         handle = path.open("rb")
     except OSError as err:
-        raise ImageLoadError(f"cannot read image {path}: {err}", "corrupt") from err
+        raise ImageLoadError(f"cannot read image {path}: {err.strerror or err}", "unreadable") from err
     with handle:
+        if not os.fstat(handle.fileno()).st_size:
+            raise ImageLoadError(f"cannot read image {path}: the file is empty", "empty")
         return decode_image(handle, str(path), mode)

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
-from ..data.images import load_image
+from ..data.images import ImageLoadError, load_image
 from ..data.transforms import ImageTransform
 from ..data.types import CIRDataset
 from ..masks.layouts import require_mask_file
@@ -62,16 +62,35 @@ class FeatureTable:
 
 
 class ImageFolderDataset(Dataset):
-    """Loads and preprocesses the images of ``ids`` (and their masks when asked)."""
+    """Loads and preprocesses the images of ``ids`` (and their masks when asked). With
+    ``skip_errors`` an unreadable image gives ``{"error": (i, reason, message)}`` instead
+    of raising (see ``collate_skipping``)."""
 
-    def __init__(self, dataset: CIRDataset, ids: Sequence[str], transform: ImageTransform, with_masks: bool) -> None:
+    def __init__(self, dataset: CIRDataset, ids: Sequence[str], transform: ImageTransform, with_masks: bool,
+                 skip_errors: bool = False) -> None:
         self.dataset, self.ids, self.transform, self.with_masks = dataset, list(ids), transform, with_masks
+        self.skip_errors = skip_errors
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return load_pixels(self.dataset, self.ids[i], self.transform, self.with_masks)
+    def __getitem__(self, i: int) -> dict:
+        if not self.skip_errors:
+            return load_pixels(self.dataset, self.ids[i], self.transform, self.with_masks)
+        try:
+            return {**load_pixels(self.dataset, self.ids[i], self.transform, self.with_masks), "row": i}
+        except ImageLoadError as err:
+            return {"error": (i, err.reason, str(err))}
+        except FileNotFoundError as err:  # e.g. a mask file that is not there
+            return {"error": (i, "missing", str(err))}
+
+
+def collate_skipping(items: list[dict]) -> dict:
+    """Batch the readable items; ``"errors"`` lists (row, reason, message) of the others."""
+    good = [item for item in items if "error" not in item]
+    batch = default_collate(good) if good else {"row": torch.zeros(0, dtype=torch.long)}
+    batch["errors"] = [item["error"] for item in items if "error" in item]
+    return batch
 
 
 def load_pixels(dataset: CIRDataset, image_id: str, transform: ImageTransform, with_masks: bool) -> dict[str, torch.Tensor]:
@@ -126,16 +145,22 @@ def encode_images(
     on_batch: Callable[[list[str], Features], None] | None = None,
     desc: str = "encode images",
     precision: str = "fp32",
+    on_error: Callable[[str, str, str], None] | None = None,
 ) -> FeatureTable | None:
     """Encode ``ids`` with ``method.encode_images``; returns the table, or streams each
     batch to ``on_batch`` (and returns None) so callers can keep only what they need.
-    ``precision`` is a resolved precision (``encoding.precision``); features come back float32."""
+    ``precision`` is a resolved precision (``encoding.precision``); features come back float32.
+    ``on_error(id, reason, message)``: unreadable images are reported to it and left out
+    (with ``on_batch`` only) instead of stopping the run."""
     ids = list(dict.fromkeys(ids))
+    if on_error is not None and on_batch is None:
+        raise ValueError("on_error needs on_batch: a table cannot have holes")
     loader = DataLoader(
-        ImageFolderDataset(dataset, ids, transform, method.requirements.needs_masks),
+        ImageFolderDataset(dataset, ids, transform, method.requirements.needs_masks, skip_errors=on_error is not None),
         batch_size=batch_size,
         num_workers=num_workers,
         shuffle=False,
+        collate_fn=collate_skipping if on_error is not None else None,
     )
     chunks: dict[str, list[torch.Tensor]] = {}
     was_training = method.training
@@ -143,11 +168,18 @@ def encode_images(
     start = 0
     try:
         for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
+            if on_error is not None:
+                for row, reason, message in batch["errors"]:
+                    on_error(ids[row], reason, message)
+                if "pixels" not in batch:
+                    continue
+                batch_ids = [ids[row] for row in batch["row"].tolist()]
+            else:
+                batch_ids = ids[start : start + batch["pixels"].shape[0]]
+                start += len(batch_ids)
             masks = batch["masks"].to(device) if "masks" in batch else None
             with autocast(precision, device):
                 feats = method.encode_images(batch["pixels"].to(device), masks)
-            batch_ids = ids[start : start + batch["pixels"].shape[0]]
-            start += len(batch_ids)
             feats = {k: v.detach().float().cpu() for k, v in feats.items()}
             if on_batch is not None:
                 on_batch(batch_ids, feats)

@@ -7,19 +7,48 @@ CSV: a header row with a ``path`` column (relative paths are resolved against th
 folder), an optional ``id`` column (default: derived from the path as for folders), an
 optional ``mask_path`` column (methods that need masks), and any other columns, which
 are kept as string metadata and returned with search results.
+
+Bad files: with ``on_error="skip"`` (the default) files that cannot be images of the
+catalogue (a broken or looping symlink, a CSV row whose file is missing) are left out and
+listed in ``Catalogue.skipped``; files that fail to decode are found while encoding and
+listed the same way by ``indexing``. With ``on_error="fail"`` the first one stops the run.
 """
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+import errno
+import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..data.types import CIRDataset, ImageRecord
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 MAX_ID_LENGTH = 512
 RESERVED_COLUMNS = ("id", "path", "mask_path")
+ON_ERROR = ("skip", "fail")
+OnError = Literal["skip", "fail"]
+
+
+@dataclass(frozen=True)
+class SkippedImage:
+    """A catalogue image that was not indexed, and why (``reason`` is a short code:
+    missing, empty, not_an_image, corrupt, too_large, unreadable, symlink_loop, broken_symlink)."""
+
+    path: str
+    reason: str
+    message: str
+    image_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_on_error(on_error: str) -> str:
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+    return on_error
 
 
 @dataclass(frozen=True)
@@ -38,6 +67,7 @@ class Catalogue:
 
     source: Path
     entries: list[CatalogueEntry] = field(default_factory=list)
+    skipped: list[SkippedImage] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -67,24 +97,53 @@ def _add(entries: dict[str, CatalogueEntry], entry: CatalogueEntry, where: str) 
     entries[entry.image_id] = entry
 
 
-def read_folder(folder: Path) -> Catalogue:
-    """Every image under ``folder`` (sorted by relative path)."""
+def _symlink_problem(path: Path) -> SkippedImage | None:
+    """Why ``path`` (a symlink) cannot be read, or None when it leads to a file."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return SkippedImage(str(path), "symlink_loop", f"cannot read image {path}: the symlink loops")
+        return SkippedImage(str(path), "broken_symlink", f"cannot read image {path}: the symlink points to "
+                                                          f"{os.readlink(path)!r}, which does not exist")
+    return None
+
+
+def _problem(skipped: list[SkippedImage], problem: SkippedImage, on_error: str) -> None:
+    if on_error == "fail":
+        raise FileNotFoundError(f"{problem.message} (--on-error skip indexes the other images and lists the bad ones)")
+    skipped.append(problem)
+
+
+def read_folder(folder: Path, on_error: OnError = "skip") -> Catalogue:
+    """Every image under ``folder`` (sorted by relative path); symlinks that lead nowhere
+    are skipped (listed in ``Catalogue.skipped``) or, with ``on_error="fail"``, refused."""
+    check_on_error(on_error)
     entries: dict[str, CatalogueEntry] = {}
-    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+    skipped: list[SkippedImage] = []
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
         relative = path.relative_to(folder)
         if any(part.startswith(".") for part in relative.parts):
             continue  # hidden files and folders (e.g. .thumbnails)
+        if path.is_symlink() and (problem := _symlink_problem(path)) is not None:
+            _problem(skipped, problem, on_error)
+            continue
+        if not path.is_file():
+            continue  # a folder named like an image
         image_id = check_image_id(id_from_path(relative), str(path))
         _add(entries, CatalogueEntry(image_id, path.resolve()), str(folder))
-    if not entries:
+    if not entries and not skipped:
         raise ValueError(f"{folder} holds no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    return Catalogue(folder.resolve(), list(entries.values()))
+    return Catalogue(folder.resolve(), list(entries.values()), skipped)
 
 
-def read_csv(manifest: Path) -> Catalogue:
-    """The images listed in a CSV manifest (see the module docstring for the columns)."""
+def read_csv(manifest: Path, on_error: OnError = "skip") -> Catalogue:
+    """The images listed in a CSV manifest (see the module docstring for the columns);
+    rows whose image or mask file is missing are skipped or refused (``on_error``)."""
+    check_on_error(on_error)
     base = manifest.parent.resolve()
     entries: dict[str, CatalogueEntry] = {}
+    skipped: list[SkippedImage] = []
     with manifest.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or "path" not in reader.fieldnames:
@@ -96,29 +155,35 @@ def read_csv(manifest: Path) -> Catalogue:
             if not raw:
                 raise ValueError(f"{where}: empty path")
             path = Path(raw) if Path(raw).is_absolute() else base / raw
+            image_id = (row.get("id") or "").strip() or id_from_path(Path(raw))
             if not path.is_file():
-                raise FileNotFoundError(f"{where}: image not found: {path}")
+                problem = _symlink_problem(path) if path.is_symlink() else None
+                _problem(skipped, SkippedImage(str(path), problem.reason if problem else "missing",
+                                               f"{where}: {problem.message if problem else f'image not found: {path}'}",
+                                               image_id), on_error)
+                continue
             mask_raw = (row.get("mask_path") or "").strip()
             mask = None
             if mask_raw:
                 mask = Path(mask_raw) if Path(mask_raw).is_absolute() else base / mask_raw
                 if not mask.is_file():
-                    raise FileNotFoundError(f"{where}: mask not found: {mask}")
-            image_id = (row.get("id") or "").strip() or id_from_path(Path(raw))
+                    _problem(skipped, SkippedImage(str(path), "missing", f"{where}: mask not found: {mask}", image_id),
+                             on_error)
+                    continue
             metadata = {c: row[c] for c in extra if row.get(c) not in (None, "")} or None
             _add(entries, CatalogueEntry(check_image_id(image_id, where), path.resolve(), mask, metadata), where)
-    if not entries:
+    if not entries and not skipped:
         raise ValueError(f"{manifest} lists no images")
-    return Catalogue(manifest.resolve(), list(entries.values()))
+    return Catalogue(manifest.resolve(), list(entries.values()), skipped)
 
 
-def read_catalogue(source: str | Path) -> Catalogue:
-    """An image folder or a ``.csv`` manifest."""
+def read_catalogue(source: str | Path, on_error: OnError = "skip") -> Catalogue:
+    """An image folder or a ``.csv`` manifest (``on_error``: see the module docstring)."""
     source = Path(source)
     if source.is_dir():
-        return read_folder(source)
+        return read_folder(source, on_error)
     if source.is_file() and source.suffix.lower() == ".csv":
-        return read_csv(source)
+        return read_csv(source, on_error)
     if not source.exists():
         raise FileNotFoundError(f"catalogue not found: {source} (give an image folder or a manifest .csv)")
     raise ValueError(f"{source} is neither an image folder nor a .csv manifest")

@@ -3,4 +3,8 @@ from __future__ import annotations
 
 
 class IndexBusyError(RuntimeError):
-    """Another process holds the index directory's writer lock."""
+    """Another process (or request) holds the index directory's writer lock."""
+
+
+class IndexDamagedError(ValueError):
+    """A file of the committed index is missing, truncated or altered (checksum mismatch)."""

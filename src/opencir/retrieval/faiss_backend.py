@@ -23,12 +23,17 @@ keys (refined and graph indexes cannot ``add_with_ids`` themselves). Adds stream
 index once it is trained; before that they wait, un-copied, until the first ``save`` or
 search trains on a sample. Deletion uses ``remove_ids`` where FAISS supports it (flat,
 IVF) and otherwise (HNSW, refined) a persisted tombstone set hidden by an ``IDSelector``.
+Tombstoned HNSW nodes stay in the graph and take candidate slots, so (a) the index is
+compacted (rebuilt from the live vectors by the index store) once they pass
+``COMPACT_RATIO`` of its nodes, and (b) a query that comes back with fewer than k live
+results while more exist is searched again with a larger efSearch, up to the node count;
+efSearch is never below k (FAISS HNSW returns fewer than k results otherwise).
 Filters (``Restriction``) and exclusions are FAISS id selectors evaluated inside the search.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -43,6 +48,7 @@ FAISS_DEFAULTS: dict[str, Any] = {
 MIN_TRAIN_SIZE = 65536
 TRAIN_PER_LIST = 256
 MAX_EF_SEARCH = 4096
+COMPACT_RATIO = 0.1  # rebuild an HNSW index when this share of its nodes is deleted
 
 
 def _faiss():
@@ -51,6 +57,15 @@ def _faiss():
     except ImportError as err:  # pragma: no cover - faiss-cpu is an install extra
         raise ImportError("the FAISS backends need faiss: pip install 'opencir[index]'") from err
     return faiss
+
+
+def _check_training_size(factory: str, nlist: int, count: int) -> None:
+    if count < nlist:
+        raise ValueError(
+            f"FAISS factory {factory!r} needs at least {nlist} vectors to train its {nlist} lists, "
+            f"the first commit has {count}; use fewer lists "
+            f"(e.g. IVF{max(1, int(4 * np.sqrt(max(count, 1))))},Flat) or the exact backend"
+        )
 
 
 def _positive_int(name: str, value: Any, allow_none: bool = False) -> int | None:
@@ -77,6 +92,12 @@ class FaissBackend(IndexBackend):
         faiss = _faiss()
         if index is None:
             index = self._new_index(dim, self.options["factory"], self._option("ef_construction"))
+        self._attach(index)
+        self.tombstones: set[int] = set(tombstones or ())
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # rows waiting for training
+
+    def _attach(self, index: Any) -> None:
+        faiss = _faiss()
         self.index = index  # the owning wrapper: downcast views below must not outlive it
         typed = faiss.downcast_index(index)
         self.idmap = typed if isinstance(typed, faiss.IndexIDMap) else None
@@ -87,8 +108,16 @@ class FaissBackend(IndexBackend):
         self.hnsw = self.base if isinstance(self.base, faiss.IndexHNSW) else None
         quantizer = faiss.downcast_index(self.ivf.quantizer) if self.ivf is not None else None
         self.hnsw_quantizer = quantizer if isinstance(quantizer, faiss.IndexHNSW) else None
-        self.tombstones: set[int] = set(tombstones or ())
-        self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # rows waiting for training
+
+    def compaction_due(self) -> bool:
+        return self.hnsw is not None and len(self.tombstones) > COMPACT_RATIO * max(int(self.index.ntotal), 1)
+
+    def rebuild(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        keys, vectors = self.check_vectors(keys, vectors)
+        self._attach(self._new_index(self.dim, self.options["factory"], self._option("ef_construction")))
+        self.tombstones = set()
+        self._pending = [(keys, vectors)] if len(keys) else []
+        self._train_and_flush()
 
     def _option(self, name: str) -> Any:
         """An option's value (indexes saved before an option existed get its default)."""
@@ -122,6 +151,16 @@ class FaissBackend(IndexBackend):
             resolved[key] = _positive_int(key, resolved[key], allow_none=True)
         resolved["factory"] = str(resolved["factory"])
         return resolved
+
+    @classmethod
+    def check_build(cls, options: Mapping[str, Any], count: int, dim: Callable[[], int]) -> None:
+        resolved = cls.resolve_options(options)
+        if resolved["factory"] == "Flat":
+            return
+        index = cls._new_index(dim(), resolved["factory"], resolved.get("ef_construction"))
+        if not index.is_trained:
+            ivf = _faiss().try_extract_index_ivf(index)
+            _check_training_size(resolved["factory"], ivf.nlist if ivf is not None else 1, count)
 
     @classmethod
     def create(cls, dim: int, options: Mapping[str, Any], directory: Path) -> "FaissBackend":
@@ -195,13 +234,7 @@ class FaissBackend(IndexBackend):
             return
         if not self.index.is_trained:
             total = sum(len(k) for k, _ in self._pending)
-            nlist = self.ivf.nlist if self.ivf is not None else 1
-            if total < nlist:
-                raise ValueError(
-                    f"FAISS factory {self.options['factory']!r} needs at least {nlist} vectors to train "
-                    f"its {nlist} lists, the first commit has {total}; use fewer lists "
-                    f"(e.g. IVF{max(1, int(4 * np.sqrt(total)))},Flat) or the exact backend"
-                )
+            _check_training_size(self.options["factory"], self.ivf.nlist if self.ivf is not None else 1, total)
             self.index.train(self._training_sample())
         while self._pending:  # stream: each batch is released once it is in the index
             keys, vectors = self._pending.pop(0)
@@ -290,6 +323,8 @@ class FaissBackend(IndexBackend):
         if exclude is not None and len(exclude) != len(queries):
             raise ValueError(f"exclude has {len(exclude)} entries for {len(queries)} queries")
         values = self._search_values(params)
+        if self.hnsw is not None:
+            values["ef_search"] = max(values["ef_search"], k)
         self._train_and_flush()
         if self.index.ntotal == 0 or (restrict is not None and len(restrict.keys) == 0):
             return empty_results(len(queries), k)
@@ -304,9 +339,26 @@ class FaissBackend(IndexBackend):
             for row, banned in enumerate(exclude):
                 search_params, _keep = self._params(allowed, self.tombstones | {int(b) for b in banned}, values)
                 scores[row : row + 1], keys[row : row + 1] = self.index.search(queries[row : row + 1], k, params=search_params)
+        if self.hnsw is not None and self.tombstones and restrict is None:
+            self._search_deeper(queries, k, exclude, values, scores, keys)
         scores = scores.astype(np.float32, copy=False)
         scores[keys < 0] = -np.inf
         return scores, keys.astype(np.int64, copy=False)
+
+
+    def _search_deeper(self, queries: np.ndarray, k: int, exclude: Sequence[Sequence[int]] | None,
+                       values: Mapping[str, Any], scores: np.ndarray, keys: np.ndarray) -> None:
+        """Re-search (in place) rows that came back short while live results remain: deleted
+        graph nodes used up the candidate list. efSearch doubles up to the node count."""
+        live = len(self)
+        for row in range(len(queries)):
+            banned = {int(b) for b in (exclude[row] if exclude is not None else ())}
+            wanted = min(k, live - len(banned))
+            deeper = dict(values)
+            while int((keys[row] >= 0).sum()) < wanted and deeper["ef_search"] < self.index.ntotal:
+                deeper["ef_search"] = min(2 * deeper["ef_search"], int(self.index.ntotal))
+                search_params, _keep = self._params(None, self.tombstones | banned, deeper)
+                scores[row : row + 1], keys[row : row + 1] = self.index.search(queries[row : row + 1], k, params=search_params)
 
 
 @INDEX_BACKENDS.register("exact")

@@ -15,7 +15,7 @@ import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -94,6 +94,13 @@ class IndexBackend(ABC):
             raise ValueError(f"unknown {cls.name} backend options {unknown}; valid options: {sorted(cls.DEFAULTS)}")
         return {**cls.DEFAULTS, **options}
 
+    @classmethod
+    def check_build(cls, options: Mapping[str, Any], count: int, dim: Callable[[], int]) -> None:
+        """ValueError when a new index with ``options`` cannot hold ``count`` vectors; runs
+        before any image is encoded. ``dim()`` gives the vector size (it costs one encoder
+        call: ask only when needed). Default: the options are valid."""
+        cls.resolve_options(options)
+
     @abstractmethod
     def save(self, directory: Path, tag: str) -> dict[str, Any]:
         """Persist into new files under ``directory / DATA_DIR`` named with ``tag``; returns the state."""
@@ -104,6 +111,15 @@ class IndexBackend(ABC):
 
     def after_commit(self) -> None:
         """Called once the manifest naming the last saved state is written."""
+
+    def compaction_due(self) -> bool:
+        """Whether deleted entries degrade the index enough that the store should call
+        ``rebuild`` with the live vectors before the next ``save`` (default: never)."""
+        return False
+
+    def rebuild(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Replace the content with exactly ``keys``/``vectors`` (the live rows)."""
+        raise NotImplementedError(f"the {self.name} backend does not rebuild")
 
     def close(self) -> None:
         """Release connections or file handles."""

@@ -26,6 +26,7 @@ manifest does not list, which the index store drops from results.
 """
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -33,7 +34,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .errors import IndexBusyError
 from .index import INDEX_BACKENDS, IndexBackend, Restriction, SearchKnob, SearchOutput, empty_results
+from .locking import is_locked_elsewhere, processes_holding
 
 MAX_TOP_K = 16384  # Milvus' limit on ``limit`` per search
 INSERT_BATCH = 8192
@@ -45,6 +48,26 @@ MAX_EF = 4096
 
 def _is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://", "tcp://", "grpc://", "unix:"))
+
+
+class _Quiet(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+def _raise_if_held(database: Path) -> None:
+    """IndexBusyError naming the process when another one holds a milvus-lite database."""
+    lock = database / "LOCK" if database.is_dir() else database.with_name(f".{database.name}.lock")
+    if not is_locked_elsewhere(lock):
+        return
+    holders = processes_holding(lock)
+    who = f"process {', '.join(holders)}" if holders else "another process"
+    raise IndexBusyError(
+        f"the milvus-lite database {database} is held by {who}. milvus-lite lets one process at a time "
+        "open a database: stop that process (e.g. a running `opencir serve`), or add and delete through "
+        "that server's HTTP API, or keep the collection on a Milvus server (--option uri=http://HOST:19530), "
+        "which any number of processes can use at once"
+    ) from None
 
 
 @INDEX_BACKENDS.register("milvus")
@@ -92,10 +115,19 @@ class MilvusBackend(IndexBackend):
             from pymilvus import MilvusClient
         except ImportError as err:  # pragma: no cover - pymilvus is an install extra
             raise ImportError("the milvus backend needs pymilvus (and milvus-lite for local files): pip install 'opencir[milvus]'") from err
-        if not _is_server(uri):
-            uri = str((directory / uri) if not Path(uri).is_absolute() else Path(uri))
         token = os.environ.get("MILVUS_TOKEN", "")
-        return MilvusClient(uri=uri, token=token) if token else MilvusClient(uri=uri)
+        if _is_server(uri):
+            return MilvusClient(uri=uri, token=token) if token else MilvusClient(uri=uri)
+        uri = str((directory / uri) if not Path(uri).is_absolute() else Path(uri))
+        quiet = _Quiet()  # milvus-lite logs a full traceback when it cannot start: we say why instead
+        logging.getLogger("milvus_lite.server_manager").addFilter(quiet)
+        try:
+            return MilvusClient(uri=uri)
+        except Exception:
+            _raise_if_held(Path(uri))
+            raise
+        finally:
+            logging.getLogger("milvus_lite.server_manager").removeFilter(quiet)
 
     @classmethod
     def create(cls, dim: int, options: Mapping[str, Any], directory: Path) -> "MilvusBackend":

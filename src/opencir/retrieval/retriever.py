@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import ImageLoadError, load_image
+from ..data.images import ImageLoadError, load_image, normalise_image
+from .live import LiveIndex
 from .query import (
     NEGATIVE_TEXT_SPACES,
     QueryFailed,
@@ -103,12 +104,15 @@ class SearchResult:
 
 @dataclass
 class PreparedQuery:
-    """A query ready for the encoder: its spec and preprocessed reference pixels (R, 3, S, S)."""
+    """A query ready for the encoder: its spec and preprocessed pixels (R', 3, S, S) of the
+    references that need the image encoder; ``stored[i]`` holds reference i's features
+    read from the index instead (None: it is among the pixels, in order)."""
 
     spec: QuerySpec
-    pixels: torch.Tensor
+    pixels: torch.Tensor | None
     masks: torch.Tensor | None
     prepare_ms: float = 0.0
+    stored: list["Features | None"] | None = None
 
     @property
     def reference_ids(self) -> list[str]:
@@ -150,10 +154,16 @@ class Retriever:
 
     Give ``model_dir`` (a saved model directory) or an already built ``method``. A model
     whose fingerprint differs from the index's is refused (FingerprintMismatch).
+
+    The index is live: every access to ``store`` returns the newest committed generation
+    (see ``retrieval.live``), so a long-running retriever sees what ``opencir index`` adds
+    and deletes without a restart. Gallery-id references use the reference features stored
+    at indexing when the index has them (``use_stored_features``), skipping the encoder.
     """
 
     def __init__(self, index_dir: str | Path, model_dir: str | Path | None = None, *,
-                 method: "CIRMethod | None" = None, device: str | torch.device = "cpu") -> None:
+                 method: "CIRMethod | None" = None, device: str | torch.device = "cpu",
+                 use_stored_features: bool = True) -> None:
         from ..methods.io import load_model
         from ..encoding.features import method_transform
 
@@ -163,16 +173,18 @@ class Retriever:
         self.method = load_model(model_dir, device=self.device) if model_dir is not None else method.to(self.device).eval()
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.fingerprint = model_fingerprint(self.method)
-        self.store = IndexStore.open(index_dir)
-        try:
-            self.store.check_fingerprint(self.fingerprint, f"model {model_dir or self.method.name!r}")
-        except BaseException:
-            self.store.close()
-            raise
+        self.use_stored_features = use_stored_features
+        model_name = f"model {model_dir or self.method.name!r}"
+        self.live = LiveIndex(index_dir, check=lambda store: store.check_fingerprint(self.fingerprint, model_name))
         self.transform_name, self.transform = method_transform(self.method)
 
+    @property
+    def store(self) -> IndexStore:
+        """The newest committed generation of the index."""
+        return self.live.current()
+
     def close(self) -> None:
-        self.store.close()
+        self.live.close()
 
     def __enter__(self) -> "Retriever":
         return self
@@ -181,6 +193,16 @@ class Retriever:
         self.close()
 
     # ----------------------------------------------------------------- queries
+    def _stored(self, reference: Reference) -> "Features | None":
+        """The image features of a gallery id stored at indexing (None: encode its pixels)."""
+        if not self.use_stored_features or not isinstance(reference, str):
+            return None
+        try:
+            stored = self.store.reference_features(reference, self.fingerprint)
+        except KeyError as err:
+            raise UnknownReference(reference, str(err.args[0])) from None
+        return {name: torch.from_numpy(value) for name, value in stored.items()} if stored is not None else None
+
     def _pixels(self, reference: Reference) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Preprocessed (3, S, S) pixels of one reference and its mask (for mask methods)."""
         needs_masks = self.method.requirements.needs_masks
@@ -202,7 +224,7 @@ class Retriever:
         else:
             if needs_masks:
                 raise ValueError(f"method {self.method.name!r} needs a segmentation mask of the reference: search by the id of an indexed image")
-            image = load_image(reference) if isinstance(reference, Path) else reference.convert("RGB")
+            image = load_image(reference) if isinstance(reference, Path) else normalise_image(reference)
         return self.transform(image), (self.transform(mask) if mask is not None else None)
 
     def check_texts(self, spec: QuerySpec) -> None:
@@ -229,10 +251,13 @@ class Retriever:
         start = time.perf_counter()
         spec = as_spec(query, text)
         self.check_texts(spec)
-        loaded = [self._pixels(r.value) for r in spec.references]
-        pixels = torch.stack([p for p, _ in loaded])
-        masks = torch.stack([m for _, m in loaded]) if loaded[0][1] is not None else None
-        return PreparedQuery(spec, pixels, masks, 1000 * (time.perf_counter() - start))
+        stored = [self._stored(r.value) for r in spec.references]
+        encode = [self._pixels(r.value) for r, f in zip(spec.references, stored) if f is None]
+        pixels = torch.stack([p for p, _ in encode]) if encode else None
+        masks = torch.stack([m for _, m in encode]) if encode and encode[0][1] is not None else None
+        if len(encode) == len(stored):
+            stored = None
+        return PreparedQuery(spec, pixels, masks, 1000 * (time.perf_counter() - start), stored)
 
     @torch.no_grad()
     def encode(self, prepared: Sequence[PreparedQuery]) -> np.ndarray:
@@ -241,9 +266,7 @@ class Retriever:
         if not prepared:
             return np.zeros((0, self.store.dim), dtype=np.float32)
         method = self.method
-        pixels = torch.cat([p.pixels for p in prepared]).to(self.device)
-        masks = torch.cat([p.masks for p in prepared]).to(self.device) if prepared[0].masks is not None else None
-        reference_features = method.encode_images(pixels, masks)
+        reference_features = self._reference_features(prepared)
         texts = list(dict.fromkeys(t.value for p in prepared for t in p.spec.texts))
         text_row = {t: i for i, t in enumerate(texts)}
         text_features = method.encode_texts(texts)
@@ -268,6 +291,34 @@ class Retriever:
             queries.append(combine(p.spec, pairs[offset : offset + count], own))
             offset += count
         return torch.stack(queries).float().cpu().numpy()
+
+    def _reference_features(self, prepared: Sequence[PreparedQuery]) -> "Features":
+        """Image features of every reference of ``prepared``, in order: one image-encoder
+        call for those that need it, stored rows for the others."""
+        needing = [p for p in prepared if p.pixels is not None]
+        encoded: "Features" = {}
+        if needing:
+            pixels = torch.cat([p.pixels for p in needing]).to(self.device)
+            with_masks = [p.masks for p in needing if p.masks is not None]
+            masks = torch.cat(with_masks).to(self.device) if with_masks else None
+            encoded = self.method.encode_images(pixels, masks)
+            if all(p.stored is None for p in prepared):
+                return encoded
+        names = list(encoded) or list(next(f for p in prepared for f in p.stored or () if f is not None))
+        rows: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+        next_row = 0
+        for p in prepared:
+            for i in range(len(p.spec.references)):
+                stored = p.stored[i] if p.stored is not None else None
+                for name in names:
+                    if stored is not None:
+                        value = stored[name].to(self.device)
+                        rows[name].append(value.to(encoded[name].dtype) if name in encoded else value)
+                    else:
+                        rows[name].append(encoded[name][next_row : next_row + 1])
+                if stored is None:
+                    next_row += 1
+        return {name: torch.cat(parts) for name, parts in rows.items()}
 
     def encode_query(self, reference: Query | Reference, text: str | None = None) -> tuple[np.ndarray, str | None]:
         """The (D,) float32 query embedding and the (first) indexed reference id."""

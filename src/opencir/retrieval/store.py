@@ -5,21 +5,30 @@ Layout of ``IDX/``::
     manifest.json             written last, atomically: names everything below that is live
     data/seg-<hex>.npy        immutable (n, D) float32 vector segments (the source of truth)
     data/records-<gen>.json   columns: image ids, int64 keys, paths, metadata, segment + row
+    data/feat-<hex>-<j>.npy   reference-side image features of a segment's rows (optional)
     data/<backend>-<gen>.*    backend state (e.g. the FAISS index file) of generation <gen>
     build/                    shards of an unfinished ``opencir index`` job (see indexing.py)
-    .lock                     held by the one process allowed to write
+    .lock                     held by the one process allowed to write (see locking.py)
 
 Every commit writes new files for a new generation and then replaces ``manifest.json``;
-files the new manifest does not name are deleted afterwards. A crash at any point leaves
-the previous manifest, and with it a complete previous index, in place.
+the manifest records the size and SHA-256 of every file it names (integrity.py). Files
+named by neither the new manifest nor the previous one are deleted afterwards: a reader
+that read the previous manifest an instant before the commit still finds all its files,
+and a reader that loses a longer race opens again with the newer manifest, so readers
+never see a half-committed generation. A crash at any point leaves the previous manifest,
+and with it a complete previous index, in place.
+
+Reference features: methods compose queries from ``method.encode_images`` features of the
+reference image. Indexing computes those features for every catalogue image anyway (the
+target embedding is ``embed_targets`` of them), so they can be stored next to the vectors,
+keyed by the model fingerprint, and queries by gallery id skip the image encoder.
 """
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
 import hashlib
 import json
-import os
+import logging
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,18 +36,22 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import IndexBusyError
+from .errors import IndexDamagedError
 from .files import atomic_save_npy, atomic_write_json
 from .filters import FilterSpec, MetadataColumns, normalise_metadata, parse_filter
 from .index import DATA_DIR, IndexBackend, Restriction, get_backend
+from .integrity import check_manifest, file_entry, manifest_checksum, verify_files
+from .locking import LOCK, WriterLock, acquire_writer_lock, release_writer_lock
 
 if TYPE_CHECKING:
     from ..methods.base import CIRMethod
 
-FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 2  # 2: file checksums and stored reference features
 MANIFEST = "manifest.json"
 DATA = DATA_DIR
-LOCK = ".lock"
+OPEN_ATTEMPTS = 10  # opens that lose a race with committing writers are retried this often
 
 
 class FingerprintMismatch(ValueError):
@@ -164,24 +177,43 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
             raise ValueError(f"{path} has no {key!r} field; is it an OpenCIR index?")
     if manifest["format_version"] > FORMAT_VERSION:
         raise ValueError(f"{path} has format_version {manifest['format_version']}; this OpenCIR reads <= {FORMAT_VERSION}")
+    check_manifest(manifest, path)
     return manifest
 
 
-def acquire_writer_lock(directory: Path) -> int:
-    """Take the index directory's writer lock (one writing process at a time); returns its fd."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise IndexBusyError(f"{directory} is being written by another process; wait for it to finish") from None
-    return fd
+def _identity(manifest: Mapping[str, Any]) -> Any:
+    """What tells two generations apart (format 1 manifests have no checksum)."""
+    return manifest.get("checksum") or (manifest["generation"], manifest.get("updated"))
 
 
-def release_writer_lock(fd: int) -> None:
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    os.close(fd)
+def manifest_files(manifest: Mapping[str, Any], backend: IndexBackend | None = None) -> list[str]:
+    """Every file (relative to the index root) that a manifest's generation uses."""
+    names = [f"{DATA}/{name}" for name in manifest["segments"]]
+    if manifest.get("records_file"):
+        names.append(f"{DATA}/{manifest['records_file']}")
+    for files in manifest.get("segment_features", {}).values():
+        names += [f"{DATA}/{name}" for name in files.values()]
+    if backend is not None:
+        names += backend.state_files(manifest["backend"]["state"])
+    else:
+        names += [n for n in manifest.get("files", {}) if n not in names]
+    return names
+
+
+def verify_index(directory: str | Path, full: bool = True) -> dict[str, Any]:
+    """Check every file of the committed index (``full``: their SHA-256 too) and that it
+    opens; IndexDamagedError names the first damaged file. Returns a summary."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    files = manifest.get("files")
+    if files is None:
+        raise ValueError(f"{directory} was written by an OpenCIR without checksums (format_version "
+                         f"{manifest['format_version']}); nothing to verify against: rebuild it to get them")
+    hashed = verify_files(directory, files, full=full)
+    with IndexStore.open(directory):
+        pass
+    return {"index": str(directory), "generation": manifest["generation"], "files": len(files),
+            "hashed": len(hashed), "bytes": sum(int(e["size"]) for e in files.values()), "ok": True}
 
 
 def _now() -> str:
@@ -198,21 +230,47 @@ class IndexStore:
         self.records = records
         self.backend = backend
         self.writable = writable
-        self._lock_fd: int | None = None
+        self._lock: WriterLock | None = None
         self._segments: list[str] = list(manifest["segments"])
+        self._segment_features: dict[str, dict[str, str]] = {k: dict(v) for k, v in manifest.get("segment_features", {}).items()}
+        self._files: dict[str, dict[str, Any]] = dict(manifest.get("files", {}))
+        self._arrays: dict[str, np.ndarray] = {}
         self._next_key = int(manifest.get("next_key", 0))
         self._dirty = False
         self._columns: MetadataColumns | None = None  # metadata filters: built on first use
         self._filter_keys: dict[str, np.ndarray] = {}
-        self._mapped: dict[str, np.ndarray] = {}  # memory-mapped segments (exact re-ranking, filters)
+        # map every data file now: a reader keeps its generation's data even after a
+        # writer's garbage collection has unlinked the files (POSIX)
+        for name in self._segments:
+            self._array(name)
+        for files in self._segment_features.values():
+            for name in files.values():
+                self._array(name)
         if writable and take_lock:
-            self._lock_fd = acquire_writer_lock(directory)
+            self._lock = acquire_writer_lock(directory)
+
+    def _array(self, name: str) -> np.ndarray:
+        """The memory-mapped data file ``data/<name>``."""
+        array = self._arrays.get(name)
+        if array is None:
+            path = self.directory / DATA / name
+            try:
+                array = np.load(path, mmap_mode="r")
+            except FileNotFoundError:
+                raise IndexDamagedError(f"index file {path} is missing; the index directory {self.directory} is damaged") from None
+            except ValueError as err:
+                raise IndexDamagedError(f"index file {path} is damaged: {err}") from None
+            self._arrays[name] = array
+        return array
 
     # ------------------------------------------------------------ open / create
     @classmethod
     def create(cls, directory: str | Path, dim: int, backend: str, backend_options: Mapping[str, Any] | None,
-               fingerprint: str, model: Mapping[str, Any], take_lock: bool = True) -> "IndexStore":
-        """A new, empty, writable index; nothing is on disk until ``commit``."""
+               fingerprint: str, model: Mapping[str, Any], take_lock: bool = True,
+               reference_features_key: str | None = None) -> "IndexStore":
+        """A new, empty, writable index; nothing is on disk until ``commit``. With a
+        ``reference_features_key`` (what produced them: the model fingerprint, plus the
+        precision when not fp32) the reference-side features given to ``add`` are stored."""
         directory = Path(directory)
         if (directory / MANIFEST).exists():
             raise FileExistsError(f"{directory} already holds an index; open it to add images")
@@ -230,6 +288,9 @@ class IndexStore:
             "model": dict(model),
             "records_file": None,
             "segments": [],
+            "segment_features": {},
+            "reference_features_key": reference_features_key,
+            "files": {},
             "created": _now(),
         }
         try:
@@ -240,14 +301,45 @@ class IndexStore:
 
     @classmethod
     def open(cls, directory: str | Path, writable: bool = False, take_lock: bool = True) -> "IndexStore":
-        """Open the committed index in ``directory``."""
+        """Open the committed index in ``directory`` (its newest generation).
+
+        Files are checked against the manifest's checksums (sizes, and full hashes of small
+        files). An open that races a committing writer and finds its generation's files
+        gone reads the newer manifest and tries again, so it never fails spuriously."""
         directory = Path(directory)
-        manifest = read_manifest(directory)
+        if writable and take_lock:  # lock first: the generation read must be the one we write on
+            if not (directory / MANIFEST).is_file():
+                read_manifest(directory)  # the clear "not an index" error, before creating a lock file
+            lock = acquire_writer_lock(directory)
+            try:
+                store = cls.open(directory, writable=True, take_lock=False)
+            except BaseException:
+                release_writer_lock(lock)
+                raise
+            store._lock = lock
+            return store
+        for attempt in range(OPEN_ATTEMPTS):
+            manifest = read_manifest(directory)
+            try:
+                return cls._open_generation(directory, manifest, writable, take_lock)
+            except Exception:  # noqa: BLE001 - a backend reports a file removed under it as any error (FAISS: RuntimeError)
+                newer = read_manifest(directory)
+                if _identity(newer) == _identity(manifest) or attempt == OPEN_ATTEMPTS - 1:
+                    raise  # the generation itself is damaged, not replaced under us
+                log.debug("generation %s of %s was replaced while opening; retrying", manifest["generation"], directory)
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _open_generation(cls, directory: Path, manifest: dict[str, Any], writable: bool, take_lock: bool) -> "IndexStore":
+        files = manifest.get("files", {})
+        verify_files(directory, files)
         records_path = directory / DATA / manifest["records_file"]
         try:
             records = RecordTable.from_json(json.loads(records_path.read_text()), records_path)
         except FileNotFoundError:
-            raise FileNotFoundError(f"{records_path} is missing; the index directory {directory} is damaged") from None
+            raise IndexDamagedError(f"{records_path} is missing; the index directory {directory} is damaged") from None
+        except json.JSONDecodeError as err:
+            raise IndexDamagedError(f"{records_path} is damaged: {err}") from None
         spec = manifest["backend"]
         backend = get_backend(spec["name"]).load(manifest["dim"], spec["options"], spec["state"], directory)
         try:
@@ -259,9 +351,10 @@ class IndexStore:
     def close(self) -> None:
         """Release the backend and the writer lock (uncommitted changes are dropped)."""
         self.backend.close()
-        if self._lock_fd is not None:
-            release_writer_lock(self._lock_fd)
-            self._lock_fd = None
+        self._arrays.clear()
+        if self._lock is not None:
+            release_writer_lock(self._lock)
+            self._lock = None
 
     def __enter__(self) -> "IndexStore":
         return self
@@ -297,16 +390,27 @@ class IndexStore:
     def vectors(self, ids: Sequence[str]) -> np.ndarray:
         """Stored (len(ids), D) float32 embeddings of ``ids``, read from the segments."""
         out = np.empty((len(ids), self.dim), dtype=np.float32)
-        loaded: dict[int, np.ndarray] = {}
         for i, image_id in enumerate(ids):
             pos = self.records.position.get(image_id)
             if pos is None:
                 raise KeyError(f"image id {image_id!r} is not in the index {self.directory}")
-            seg = self.records.segments[pos]
-            if seg not in loaded:
-                loaded[seg] = np.load(self.directory / DATA / self._segments[seg], mmap_mode="r")
-            out[i] = loaded[seg][self.records.rows[pos]]
+            out[i] = self._array(self._segments[self.records.segments[pos]])[self.records.rows[pos]]
         return out
+
+    def reference_features(self, image_id: str, key: str) -> dict[str, np.ndarray] | None:
+        """The stored ``method.encode_images`` features of ``image_id`` as (1, ...) float32
+        arrays, or None when they were not stored or ``key`` (the model fingerprint of the
+        asking model) is not the one they were computed with."""
+        if key != self.manifest.get("reference_features_key"):
+            return None
+        pos = self.records.position.get(image_id)
+        if pos is None:
+            raise KeyError(f"image id {image_id!r} is not in the index {self.directory}")
+        files = self._segment_features.get(self._segments[self.records.segments[pos]])
+        if not files:
+            return None
+        row = self.records.rows[pos]
+        return {name: np.array(self._array(file)[row : row + 1]) for name, file in files.items()}
 
     def vectors_of_keys(self, keys: Sequence[int] | np.ndarray) -> np.ndarray:
         """Stored (len(keys), D) float32 embeddings of indexed keys, read segment by segment."""
@@ -317,9 +421,7 @@ class IndexStore:
         for seg in np.unique(segments):
             chosen = np.flatnonzero(segments == seg)
             name = self._segments[int(seg)]
-            if name not in self._mapped:  # segment files are immutable: map each once
-                self._mapped[name] = np.load(self.directory / DATA / name, mmap_mode="r")
-            out[chosen] = self._mapped[name][rows[chosen]]
+            out[chosen] = self._array(name)[rows[chosen]]  # segment files are immutable: mapped once
         return out
 
     def check_fingerprint(self, fingerprint: str, model_name: str = "the model") -> None:
@@ -393,8 +495,11 @@ class IndexStore:
             raise RuntimeError(f"{self.directory} was opened read-only")
 
     def add(self, ids: Sequence[str], vectors: np.ndarray, paths: Sequence[str | Path],
-            metadata: Sequence[dict[str, Any] | None] | None = None) -> None:
-        """Stage new images: ids (N,), vectors (N, D) float32 (L2-normalised), paths (N,)."""
+            metadata: Sequence[dict[str, Any] | None] | None = None,
+            features: Mapping[str, np.ndarray] | None = None) -> None:
+        """Stage new images: ids (N,), vectors (N, D) float32 (L2-normalised), paths (N,);
+        ``features``: their reference-side image features (name -> (N, ...) arrays), stored
+        for queries by id when the index keeps them (``reference_features_key`` is set)."""
         self._check_writable()
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape != (len(ids), self.dim):
@@ -407,8 +512,17 @@ class IndexStore:
                              "delete them first to replace them")
         if len(ids) == 0:
             return
-        name = f"seg-{uuid.uuid4().hex[:16]}.npy"
-        atomic_save_npy(self.directory / DATA / name, vectors)
+        if features is not None and any(len(f) != len(ids) for f in features.values()):
+            raise ValueError("every reference feature array needs one row per image id")
+        tag = uuid.uuid4().hex[:16]
+        name = f"seg-{tag}.npy"
+        self._write_data(name, vectors)
+        if features and self.manifest.get("reference_features_key"):
+            files = {}
+            for j, (feature, values) in enumerate(sorted(features.items())):
+                files[feature] = f"feat-{tag}-{j}.npy"
+                self._write_data(files[feature], np.ascontiguousarray(values, dtype=np.float32))
+            self._segment_features[name] = files
         keys = np.arange(self._next_key, self._next_key + len(ids), dtype=np.int64)
         stored = None
         if self.backend.stores_metadata:
@@ -420,6 +534,11 @@ class IndexStore:
                             list(metadata) if metadata is not None else [None] * len(ids), len(self._segments) - 1)
         self._next_key += len(ids)
         self._dirty = True
+
+    def _write_data(self, name: str, array: np.ndarray) -> None:
+        """Write the immutable data file ``data/<name>`` and record its checksum."""
+        path = atomic_save_npy(self.directory / DATA / name, array)
+        self._files[f"{DATA}/{name}"] = file_entry(path)
 
     def delete(self, ids: Sequence[str]) -> None:
         """Stage the removal of ``ids``; unknown ids raise KeyError naming them."""
@@ -446,24 +565,37 @@ class IndexStore:
         segments = [self._segments[i] for i in used]
         self.records.segments = [remap[s] for s in self.records.segments]
         self._segments = segments
+        self._segment_features = {s: f for s, f in self._segment_features.items() if s in segments}
+        if self.backend.compaction_due():
+            self._rebuild_backend()
         records_file = f"records-{tag}.json"
         atomic_write_json(data / records_file, self.records.to_json())
+        self._files[f"{DATA}/{records_file}"] = file_entry(data / records_file)
         state = self.backend.save(self.directory, tag)
+        for name in self.backend.state_files(state):
+            self._files[name] = file_entry(self.directory / name)
         manifest = {
             **self.manifest,
+            "format_version": FORMAT_VERSION,
             "generation": generation,
             "count": len(self.records),
             "next_key": self._next_key,
             "backend": {**self.manifest["backend"], "state": state},
             "records_file": records_file,
             "segments": segments,
+            "segment_features": self._segment_features,
             "updated": _now(),
         }
+        manifest["files"] = {name: self._files.get(name) or file_entry(self.directory / name)  # (format 1: no record yet)
+                             for name in manifest_files(manifest, self.backend)}
+        manifest["checksum"] = manifest_checksum(manifest)
+        previous = self.manifest
         atomic_write_json(self.directory / MANIFEST, manifest)
         self.manifest = manifest
+        self._files = dict(manifest["files"])
         self._dirty = False
         self.backend.after_commit()
-        self._collect_garbage()
+        self._collect_garbage(previous)
 
     def set_search_options(self, options: Mapping[str, Any], tuning: Mapping[str, Any] | None = None) -> None:
         """Persist search-time backend options (e.g. a tuned ``nprobe``) and the tuning report
@@ -478,14 +610,27 @@ class IndexStore:
         }
         if tuning is not None:
             manifest["tuning"] = dict(tuning)
+        manifest["checksum"] = manifest_checksum(manifest)
         atomic_write_json(self.directory / MANIFEST, manifest)
         self.manifest = manifest
 
-    def _collect_garbage(self) -> None:
-        """Delete data files the manifest does not name (older generations, crash leftovers)."""
+    def _rebuild_backend(self) -> None:
+        """Rebuild the backend from the live vectors (e.g. an HNSW graph full of deleted nodes)."""
+        keys = np.asarray(self.records.keys, dtype=np.int64)
+        log.info("compacting the %s index of %s: rebuilding it from %d live vectors",
+                 self.manifest["backend"]["name"], self.directory, len(keys))
+        self.backend.rebuild(keys, self.vectors(self.records.ids))
+
+    def _collect_garbage(self, previous: Mapping[str, Any]) -> None:
+        """Delete data files named by neither the new nor the previous manifest (older
+        generations, crash leftovers); the previous generation stays for racing readers."""
         data = self.directory / DATA
-        live = {data / self.manifest["records_file"], *(data / s for s in self.manifest["segments"]),
-                *(self.directory / f for f in self.backend.state_files(self.manifest["backend"]["state"]))}
+        live = {self.directory / name for name in manifest_files(self.manifest, self.backend)}
+        if previous.get("records_file"):
+            live |= {self.directory / name for name in manifest_files(previous, self.backend)}
         for path in data.iterdir():
             if path.is_file() and path not in live:
-                path.unlink()
+                try:
+                    path.unlink()
+                except OSError:  # e.g. still mapped by a reader on Windows: removed by a later commit
+                    pass

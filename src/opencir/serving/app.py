@@ -6,6 +6,7 @@ The model and the index are loaded once, in the app's lifespan, into ``app.state
 * ``search_api``:    ``POST /v1/search`` (JSON or multipart; sessions), ``POST /v1/search/batch``
 * ``catalogue_api``: ``GET /v1/images/{id}``, ``GET /v1/gallery``, ``GET /v1/info``, ``GET /healthz``
 * ``docs``:          ``GET /docs`` (Swagger UI from local assets)
+* ``admin``:         ``POST /v1/index/images``, ``DELETE /v1/index/images/{id}``, ``POST /v1/index/delete``
 * here:              ``GET /`` (the web page, ``serving/static``)
 
 Every error is JSON ``{"error": {"code", "message"}}`` with a 4xx status (see errors.py).
@@ -27,6 +28,7 @@ from .. import __version__
 from ..retrieval.retriever import Retriever, SessionStore
 from ..retrieval.store import read_manifest
 from . import catalogue_api, search_api
+from .admin import AdminSettings, admin_router
 from .batcher import MicroBatcher
 from .docs import install_docs
 from .errors import install_error_handlers
@@ -48,10 +50,12 @@ def static_dir() -> Path:
 
 
 def create_app(index_dir: str | Path, model_dir: str | Path | None = None,
-               settings: ServeSettings | None = None) -> FastAPI:
+               settings: ServeSettings | None = None, admin: AdminSettings | None = None) -> FastAPI:
     """The search service over ``index_dir``; ``model_dir`` defaults to the model recorded
-    in the index. Loading happens in the lifespan (on server start), once."""
+    in the index. Loading happens in the lifespan (on server start), once. ``admin``:
+    who may add and delete images over HTTP (serving/admin.py)."""
     settings = settings or ServeSettings()
+    admin = admin or AdminSettings()
     index_dir = Path(index_dir)
     if model_dir is None:
         model_dir = read_manifest(index_dir).get("model", {}).get("directory")
@@ -89,6 +93,7 @@ def create_app(index_dir: str | Path, model_dir: str | Path | None = None,
                        timeout_s=settings.body_timeout_s)
     app.include_router(search_api.router)
     app.include_router(catalogue_api.router)
+    app.include_router(admin_router(index_dir, admin))
     install_docs(app)
 
     static = static_dir()

@@ -22,11 +22,11 @@ class ThumbnailCache:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._items: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, image_id: str, path: str, size: int) -> bytes:
-        key = (image_id, size)
+        key = (image_id, path, size)  # an id deleted and added again with another image is another entry
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
