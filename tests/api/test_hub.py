@@ -132,3 +132,15 @@ def test_push_plan_holds_the_files_and_their_hashes(pretrained_dir, trained_run)
     assert weights.size == config["files"]["model.safetensors"]["size"]
     with pytest.raises(ValueError, match="lean checkpoint.*push a self-contained copy"):
         commit_operations(trained_run / "best")
+
+
+def test_eval_takes_a_hub_name_offline(hub_cache, trained_run, shapes_root, cli, tmp_path):
+    cache, _ = hub_cache
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "home")}
+    args = ("--dataset", "cir-shapes", "--root", str(shapes_root), "--split", "test", "--device", "cpu",
+            "--precision", "fp32", "--no-analysis", "--cache-dir", str(tmp_path / "features"))
+    by_name = cli("eval", "--model", f"hf-hub:{REPO_ID}", *args, env=env)
+    assert by_name.returncode == 0, by_name.stderr
+    local = cli("eval", "--model", str(trained_run / "best"), *args, env=env)
+    assert local.returncode == 0, local.stderr
+    assert json.loads(by_name.stdout) == json.loads(local.stdout)  # the same weights, the same metrics

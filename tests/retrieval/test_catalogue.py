@@ -67,3 +67,16 @@ def test_csv_manifest_errors_name_the_line(tmp_path, make_images, content, error
     (tmp_path / "manifest.csv").write_text(content)
     with pytest.raises(error, match=match):
         read_catalogue(tmp_path / "manifest.csv", on_error="fail")
+
+
+def test_manifest_id_column_is_image_id_or_id(tmp_path):
+    from opencir.retrieval.catalogue import read_catalogue
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    for header in ("image_id", "id"):
+        (tmp_path / "m.csv").write_text(f"{header},path\nsku-1,a.png\n")
+        assert [e.image_id for e in read_catalogue(tmp_path / "m.csv").entries] == ["sku-1"]
+    (tmp_path / "m.csv").write_text("image_id,id,path\nsku-1,x,a.png\n")
+    with pytest.raises(ValueError, match="both 'image_id' and 'id' columns"):
+        read_catalogue(tmp_path / "m.csv")

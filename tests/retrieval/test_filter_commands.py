@@ -12,7 +12,7 @@ def _manifest(tmp_path, image_folder) -> str:
     path = tmp_path / "manifest.csv"
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["id", "path", "color", "price"])
+        writer.writerow(["image_id", "path", "color", "price"])
         for i, image in enumerate(sorted(image_folder.glob("*.png"))):
             writer.writerow([image.stem, image, ["red", "blue", "green"][i % 3], str(10 * i)])
     return str(path)
@@ -23,8 +23,9 @@ def test_index_with_target_recall_then_filtered_search(tmp_path, capsys, model_d
     assert main(["index", "--model", str(model_dir), "--images", _manifest(tmp_path, image_folder), "--out", str(out),
                  "--backend", "faiss", "--factory", "IVF4,Flat", "--option", "nprobe=1", "--target-recall", "0.95",
                  "--tune-sample", "20", "--device", "cpu"]) == 0
-    printed = capsys.readouterr().out
-    tuning = json.loads(printed[printed.index('{\n  "tuning"'):])["tuning"]
+    printed = json.loads(capsys.readouterr().out)  # one JSON document: the index summary with its tuning
+    assert printed["added"] == 24
+    tuning = printed["tuning"]
     assert tuning["knob"] == "nprobe" and tuning["met"] and tuning["recall"] >= 0.95
     assert read_manifest(out)["backend"]["options"]["nprobe"] == tuning["chosen"]
 

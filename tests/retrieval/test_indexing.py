@@ -12,23 +12,11 @@ from opencir.retrieval.indexing import BUILD, delete_images, index_catalogue
 from opencir.retrieval.retriever import Retriever
 from opencir.retrieval.store import FingerprintMismatch, IndexStore, model_fingerprint
 from opencir.encoding.features import method_transform
+from encoder_calls import count_encoder_calls  # tests/retrieval/encoder_calls.py
 
 
 class Killed(RuntimeError):
     """Stands in for the process being killed."""
-
-
-def count_encoder_calls(method) -> list[int]:
-    """Count images passed to ``method.encode_images`` (one list entry per call)."""
-    calls: list[int] = []
-    original = method.encode_images
-
-    def counting(pixels, masks=None):
-        calls.append(pixels.shape[0])
-        return original(pixels, masks)
-
-    method.encode_images = counting
-    return calls
 
 
 def expected_embeddings(method, paths) -> np.ndarray:

@@ -9,18 +9,7 @@ from opencir.retrieval.catalogue import read_catalogue
 from opencir.retrieval.indexing import delete_images, index_catalogue
 from opencir.retrieval.retriever import Retriever
 from opencir.retrieval.store import IndexStore, model_fingerprint
-
-
-def count_encoder_calls(method) -> list[int]:
-    calls: list[int] = []
-    original = method.encode_images
-
-    def counting(pixels, masks=None):
-        calls.append(pixels.shape[0])
-        return original(pixels, masks)
-
-    method.encode_images = counting
-    return calls
+from encoder_calls import count_encoder_calls  # tests/retrieval/encoder_calls.py
 
 
 @pytest.fixture()

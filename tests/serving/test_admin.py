@@ -38,20 +38,20 @@ def png(colour, size=(40, 30)) -> bytes:
 
 def add(client, ids, colours, headers=None):
     files = [("image", (f"{i}.png", png(c), "image/png")) for i, c in zip(ids, colours)]
-    return client.post("/v1/index/images", files=files, data={"id": list(ids)}, headers=headers or {})
+    return client.post("/v1/index/images", files=files, data={"image_id": list(ids)}, headers=headers or {})
 
 
 def search_ids(client, ref_id, k=50):
     response = client.post("/v1/search", json={"ref_id": ref_id, "text": "the same", "k": k})
     assert response.status_code == 200, response.text
-    return [hit["id"] for hit in response.json()["results"]]
+    return [hit["image_id"] for hit in response.json()["results"]]
 
 
 def test_add_and_delete_over_http_are_seen_by_the_next_request(index_copy):
     index_dir, model_dir = index_copy
     with TestClient(create_app(index_dir, model_dir, SETTINGS)) as client:
         gallery = client.get("/v1/gallery?limit=200").json()
-        first = gallery["items"][0]["id"]
+        first = gallery["items"][0]["image_id"]
         response = add(client, ["new/red", "new/blue"], [(250, 0, 0), (0, 0, 250)])
         assert response.status_code == 200, response.text
         body = response.json()
@@ -71,7 +71,7 @@ def test_add_and_delete_over_http_are_seen_by_the_next_request(index_copy):
         # bad requests are 4xx with the JSON error shape, and change nothing
         assert add(client, ["x"], [(1, 2, 3)] * 1).status_code == 200
         assert add(client, ["x"], [(1, 2, 3)]).json()["error"]["code"] == "invalid_request"  # already there
-        bad = client.post("/v1/index/images", files=[("image", ("a.png", b"not an image", "image/png"))], data={"id": "y"})
+        bad = client.post("/v1/index/images", files=[("image", ("a.png", b"not an image", "image/png"))], data={"image_id": "y"})
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "not_an_image"
         assert client.delete("/v1/index/images/nope").status_code == 404
         assert client.post("/v1/index/delete", json={"ids": []}).status_code == 422
@@ -141,7 +141,7 @@ def test_a_running_server_sees_cli_commits_without_restart(index_copy, server_ru
     """``opencir index --delete`` in another process; the server never returns the id again."""
     index_dir, model_dir = index_copy
     with server_runner(create_app(index_dir, model_dir, SETTINGS)) as url, httpx.Client(base_url=url, timeout=60) as client:
-        ids = [item["id"] for item in client.get("/v1/gallery?limit=200").json()["items"]]
+        ids = [item["image_id"] for item in client.get("/v1/gallery?limit=200").json()["items"]]
         victim, reference = ids[1], ids[0]
         assert victim in search_ids(client, reference, k=len(ids))
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -160,7 +160,7 @@ def test_concurrent_search_load_sees_adds_and_deletes_and_never_a_deleted_id(ind
     index_dir, model_dir = index_copy
     with server_runner(create_app(index_dir, model_dir, SETTINGS)) as url:
         with httpx.Client(base_url=url, timeout=60) as setup:
-            original = [item["id"] for item in setup.get("/v1/gallery?limit=200").json()["items"]]
+            original = [item["image_id"] for item in setup.get("/v1/gallery?limit=200").json()["items"]]
         total = len(original) + 40
         deleted_at: dict[str, float] = {}  # id -> when its delete returned
         deleting: set[str] = set()  # ids whose delete request was sent
@@ -187,7 +187,7 @@ def test_concurrent_search_load_sees_adds_and_deletes_and_never_a_deleted_id(ind
                             if not (response.status_code == 404 and reference in deleting):
                                 failures.append(f"{response.status_code} for {reference}: {response.text}")
                         continue
-                    returned = {hit["id"] for hit in response.json()["results"]}
+                    returned = {hit["image_id"] for hit in response.json()["results"]}
                     stale = [i for i in returned if i in gone and gone[i] < started]
                     if stale:
                         failures.append(f"deleted ids {stale} returned by a search started after their deletion")
@@ -203,7 +203,7 @@ def test_concurrent_search_load_sees_adds_and_deletes_and_never_a_deleted_id(ind
                     new_id = f"live/{step:02d}"
                     colour = tuple(int(c) for c in rng.integers(0, 255, 3))
                     files = [("image", (f"{step}.png", png(colour), "image/png"))]
-                    response = writer.post("/v1/index/images", files=files, data={"id": new_id})
+                    response = writer.post("/v1/index/images", files=files, data={"image_id": new_id})
                     assert response.status_code == 200, response.text
                     with lock:
                         added_at[new_id] = time.monotonic()

@@ -28,8 +28,15 @@ def parse_options(items: list[str]) -> dict:
     return options
 
 
+def _model_reference(model: str | None) -> str | None:
+    """What provenance records of ``--model``: an absolute directory, or the hf-hub: name."""
+    if model is None:
+        return None
+    return model if model.startswith("hf-hub:") else str(Path(model).resolve())
+
+
 def _add(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="a saved model directory (runs/x/best)")
+    parser.add_argument("--model", help="a saved model directory (runs/x/best) or a Hub model (hf-hub:ORG/NAME)")
     parser.add_argument("--method", help="a training-free method instead of --model (image-only, text-only, sum)")
     parser.add_argument("--arch", default="ViT-B-16", help="backbone architecture with --method")
     parser.add_argument("--pretrained", default="openai", help="backbone pretrained tag or checkpoint with --method")
@@ -60,7 +67,7 @@ def provenance(args: argparse.Namespace, method: Any, dataset: Any, options: dic
     excluded = {bool(p.protocol.exclude_reference) for p in parts.values() if p.protocol is not None}
     return {
         "model": {
-            "directory": str(Path(args.model).resolve()) if args.model else None,
+            "directory": _model_reference(args.model),
             "fingerprint": model_fingerprint(method),
             "method": method.name,
             "backbone": method.backbone.spec.to_dict(),
@@ -87,7 +94,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..evaluation.protocols import has_ground_truth
     from ..evaluation.shortcuts import format_shortcuts
     from ..evaluation.plots import bar_plot, retrieval_grid
-    from ..methods import load_model
+    from ..api import load_model  # a directory or an hf-hub: name
     from ..methods.io import build_method
     from ..backbones import BackboneSpec
     from ..training.trainer import resolve_device

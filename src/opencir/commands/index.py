@@ -15,7 +15,7 @@ from . import COMMANDS, DEVICE_HELP, Command, positive_int
 def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="index directory (created, or updated when it exists)")
     parser.add_argument("--model", help="saved model directory whose target encoder embeds the images")
-    parser.add_argument("--images", help="image folder or manifest .csv (columns: path[,id][,mask_path][,metadata...])")
+    parser.add_argument("--images", help="image folder or manifest .csv (columns: path[,image_id][,mask_path][,metadata...]; id is accepted for image_id)")
     parser.add_argument("--backend", help="exact (default) | faiss | milvus; only when the index is created")
     parser.add_argument("--factory", help="FAISS factory string for --backend faiss, e.g. IVF1024,Flat or HNSW32")
     parser.add_argument("--option", action="append", default=[], help="backend option key=value (repeatable), "
@@ -61,7 +61,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"deleted {len(set(args.delete))} images; {args.out} now holds {count}")
         return 0
     if args.target_recall is not None and not args.model and not args.images:
-        _tune(args)
+        print(json.dumps(_tune(args), indent=2))
         return 0
     if not args.model or not args.images:
         raise ValueError("give --model DIR and --images DIR|manifest.csv (or --delete ID to remove images)")
@@ -86,27 +86,29 @@ def _run(args: argparse.Namespace) -> int:
                              reference_features=args.reference_features)
     if not context.is_main:
         return 0
-    print(json.dumps({
+    summary = {
         "index": str(report.index_dir), "added": report.added, "already_indexed": report.already_indexed,
         "encoded_shards": report.encoded_shards, "resumed_shards": report.reused_shards, "total": report.total,
         "skipped": len(report.skipped), "report": str(report.report_file),
         "reference_features": report.reference_features,
-    }, indent=2))
+    }
     if args.target_recall is not None:
-        _tune(args)
+        summary.update(_tune(args))
+    print(json.dumps(summary, indent=2))  # one JSON document on stdout
     return 0
 
 
-def _tune(args: argparse.Namespace) -> None:
+def _tune(args: argparse.Namespace) -> dict:
+    """Tune the index for ``--target-recall``; returns ``{"tuning": summary}`` for the JSON output."""
     from ..retrieval.tuning import tune_index
 
     report = tune_index(args.out, args.target_recall, sample=args.tune_sample)
     summary = {k: v for k, v in report.to_dict().items() if k != "curve"}
-    print(json.dumps({"tuning": summary}, indent=2))
     if not report.met:
         print(f"warning: recall@{report.k} {report.recall:.3f} < target {report.target_recall} even at "
               f"{report.knob}={report.chosen} (the most this index allows); rebuild with more lists or a larger graph",
               file=sys.stderr)  # stdout holds only the JSON
+    return {"tuning": summary}
 
 
 COMMANDS.register("index")(Command("embed an image folder or manifest.csv into a search index", _add, _run,

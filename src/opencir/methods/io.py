@@ -240,6 +240,9 @@ def load_model(directory: str | Path, expected_method: str | None = None, device
                verify: bool = True) -> CIRMethod:
     """Rebuild a saved model; ``expected_method`` refuses a checkpoint of another method;
     ``verify`` checks the weight files' recorded SHA-256 (see ``verify_files``)."""
+    from ..devices import resolve_device
+
+    device = resolve_device(device)  # cuda without CUDA: one clear line before any work
     config = read_model_config(directory)
     if expected_method is not None and config["method"] != expected_method:
         raise ValueError(

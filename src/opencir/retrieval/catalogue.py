@@ -4,7 +4,8 @@ Folder: every image file under the folder (recursively, sorted); the id is the p
 relative to the folder without its extension (``shoes/red_01``).
 
 CSV: a header row with a ``path`` column (relative paths are resolved against the CSV's
-folder), an optional ``id`` column (default: derived from the path as for folders), an
+folder), an optional ``image_id`` column (``id`` is accepted too; default: derived from
+the path as for folders), an
 optional ``mask_path`` column (methods that need masks), and any other columns, which
 are kept as string metadata and returned with search results.
 
@@ -26,7 +27,9 @@ from ..data.types import CIRDataset, ImageRecord
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 MAX_ID_LENGTH = 512
-RESERVED_COLUMNS = ("id", "path", "mask_path")
+RESERVED_COLUMNS = ("image_id", "id", "path", "mask_path")
+ID_COLUMNS = ("image_id", "id")
+"""Column names of the image id, ``image_id`` first (the name used everywhere else)."""
 ON_ERROR = ("skip", "fail")
 OnError = Literal["skip", "fail"]
 
@@ -149,13 +152,17 @@ def read_csv(manifest: Path, on_error: OnError = "skip") -> Catalogue:
         if reader.fieldnames is None or "path" not in reader.fieldnames:
             raise ValueError(f"{manifest}: the header must have a 'path' column, found {reader.fieldnames}")
         extra = [c for c in reader.fieldnames if c not in RESERVED_COLUMNS]
+        id_columns = [c for c in ID_COLUMNS if c in reader.fieldnames]
+        if len(id_columns) > 1:
+            raise ValueError(f"{manifest}: the header has both 'image_id' and 'id' columns; keep one (image_id)")
+        id_column = id_columns[0] if id_columns else "image_id"
         for line, row in enumerate(reader, start=2):
             where = f"{manifest}:{line}"
             raw = (row.get("path") or "").strip()
             if not raw:
                 raise ValueError(f"{where}: empty path")
             path = Path(raw) if Path(raw).is_absolute() else base / raw
-            image_id = (row.get("id") or "").strip() or id_from_path(Path(raw))
+            image_id = (row.get(id_column) or "").strip() or id_from_path(Path(raw))
             if not path.is_file():
                 problem = _symlink_problem(path) if path.is_symlink() else None
                 _problem(skipped, SkippedImage(str(path), problem.reason if problem else "missing",

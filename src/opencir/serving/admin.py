@@ -150,7 +150,7 @@ def admin_router(index_dir: Path, settings: AdminSettings) -> APIRouter:
         _authorise(request, settings)
         service = _service(request)
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "multipart/form-data":
-            raise ApiError(415, "unsupported_media_type", "send multipart/form-data with image files and id fields")
+            raise ApiError(415, "unsupported_media_type", "send multipart/form-data with image files and image_id fields")
         limit = settings.max_images_per_request
         try:
             form = await request.form(max_files=limit, max_fields=limit + 4, max_part_size=FORM_FIELD_BYTES)
@@ -158,12 +158,13 @@ def admin_router(index_dir: Path, settings: AdminSettings) -> APIRouter:
             raise ApiError(400, "invalid_form", f"cannot parse the multipart body: {err.message}") from None
         try:
             files = [f for f in form.getlist("image") if isinstance(f, UploadFile)]
-            ids = [str(i) for i in form.getlist("id")]
+            # one image_id field per image file ("id" is read too, as in manifests)
+            ids = [str(i) for i in form.getlist("image_id") or form.getlist("id")]
             if not files or len(files) != len(ids):
-                raise ApiError(422, "invalid_request", f"give one id field per image file ({len(files)} images, "
-                               f"{len(ids)} ids)")
+                raise ApiError(422, "invalid_request", f"give one image_id field per image file ({len(files)} "
+                               f"images, {len(ids)} ids)")
             try:
-                ids = [check_image_id(i, "id") for i in ids]
+                ids = [check_image_id(i, "image_id") for i in ids]
             except ValueError as err:
                 raise ApiError(422, "invalid_id", str(err)) from None
             if len(set(ids)) != len(ids):
