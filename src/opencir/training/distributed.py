@@ -328,14 +328,7 @@ def wrap_model(module: nn.Module, context: DistributedContext, strategy: str = "
     if not context.distributed:
         return module
     if strategy == "fsdp":
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-        if context.device.type != "cuda":
-            raise ValueError("train.strategy=fsdp needs CUDA devices (PyTorch's FSDP shards over GPUs); "
-                             "use train.strategy=ddp on CPU")
-
-        return FSDP(module, use_orig_params=True, sync_module_states=True,
-                    device_id=context.device if context.device.type == "cuda" else None)
+        return _fully_shard(module)
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [context.device.index] if context.device.type == "cuda" else None
@@ -344,51 +337,99 @@ def wrap_model(module: nn.Module, context: DistributedContext, strategy: str = "
     return DDP(module, device_ids=ids, find_unused_parameters=True)
 
 
+def _fully_shard(module: nn.Module) -> nn.Module:
+    """FSDP2 (``fully_shard``) on the whole module, one unit: every parameter is a DTensor
+    sharded over the ranks (dim 0) between forwards; the forward all-gathers them, the
+    backward reduce-scatters the gradients. Works with gloo on CPU and NCCL on GPUs.
+    Rank 0's weights (e.g. a resumed checkpoint) are broadcast first. Scalar parameters
+    (CLIP's ``logit_scale``), which ``fully_shard`` cannot shard, stay whole on every rank;
+    their gradients are averaged over the ranks after each backward (a sum, so it also
+    holds under accumulation)."""
+    from torch.distributed.fsdp import fully_shard
+
+    world = dist.get_world_size()
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+    scalars = {p for p in module.parameters() if p.dim() == 0}
+
+    def average(p: torch.Tensor) -> None:
+        dist.all_reduce(p.grad)
+        p.grad.div_(world)
+
+    for p in scalars:
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(average)
+    return fully_shard(module, ignored_params=scalars or None)
+
+
 def _is_fsdp(model: nn.Module) -> bool:
     try:
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.fsdp import FSDPModule
     except ImportError:  # pragma: no cover
         return False
-    return isinstance(model, FSDP)
+    return isinstance(model, FSDPModule)
+
+
+def _full_options(**extra: bool):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **extra)
 
 
 def optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """The whole optimizer state (FSDP: gathered from every rank; a collective)."""
+    """The whole optimizer state (FSDP: gathered to rank 0's CPU, keyed by parameter name;
+    other ranks get an empty dict; a collective)."""
     if _is_fsdp(model):
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-        return FSDP.optim_state_dict(model, optimizer)
+        return get_optimizer_state_dict(model, optimizer, options=_full_options(cpu_offload=True))
     return optimizer.state_dict()
 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """Load a whole optimizer state (saved at any world size; FSDP: this rank's shard of it)."""
+    """Load a whole optimizer state (saved at any world size; FSDP: this rank's shard of a
+    state saved under FSDP, which every rank holds)."""
     if _is_fsdp(model):
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-        state = FSDP.optim_state_dict_to_load(model, optimizer, state)
+        if state.get("state") and not all(isinstance(k, str) for k in state["state"]):
+            raise ValueError("this checkpoint's optimizer state was saved without train.strategy=fsdp; resume it "
+                             "with the strategy it was saved with (or start a new output_dir)")
+        set_optimizer_state_dict(model, optimizer, state, options=_full_options())
+        return
+    if state.get("state") and any(isinstance(k, str) for k in state["state"]):
+        raise ValueError("this checkpoint's optimizer state was saved under train.strategy=fsdp; resume it with "
+                         "train.strategy=fsdp (or start a new output_dir)")
     optimizer.load_state_dict(state)
 
 
 def grad_scaler(model: nn.Module, enabled: bool):
-    """fp16 loss scaling: FSDP's sharded scaler under FSDP, else torch.amp's."""
-    if _is_fsdp(model):
-        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
-
-        return ShardedGradScaler("cuda", enabled=enabled)
+    """fp16 loss scaling (torch.amp's scaler, which handles FSDP2's DTensor gradients)."""
     return torch.amp.GradScaler("cuda", enabled=enabled)
 
 
 def no_sync(model: nn.Module, skip: bool):
-    """DDP/FSDP's ``no_sync`` when ``skip`` (all but the last micro-batch), else a no-op."""
+    """DDP's ``no_sync`` when ``skip`` (all but the last micro-batch), else a no-op (FSDP2
+    reduce-scatters every micro-batch's gradients into the sharded ones: the same sum)."""
     return model.no_sync() if skip and hasattr(model, "no_sync") else nullcontext()
 
 
-def full_parameters(model: nn.Module):
-    """FSDP: the whole parameters for evaluation and saving (every rank enters; a
-    collective); DDP / one process: a no-op."""
-    if _is_fsdp(model):
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+@contextmanager
+def full_parameters(model: nn.Module) -> Iterator[None]:
+    """FSDP: the whole parameters, as plain tensors on every rank, for calls outside the
+    training forward (feature caches, evaluation, saving); the shards come back after.
+    Every rank enters (a collective); DDP / one process: a no-op."""
+    if not _is_fsdp(model):
+        yield
+        return
+    from torch.distributed.tensor import DTensor
 
-        return FSDP.summon_full_params(model, writeback=False, rank0_only=False)
-    return nullcontext()
+    sharded = [(m, name, p) for m in model.modules() for name, p in m._parameters.items() if isinstance(p, DTensor)]
+    try:
+        for m, name, p in sharded:
+            m._parameters[name] = nn.Parameter(p.full_tensor().detach().clone(), requires_grad=p.requires_grad)
+        yield
+    finally:
+        for m, name, p in sharded:
+            m._parameters[name] = p

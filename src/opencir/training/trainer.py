@@ -231,19 +231,22 @@ class Trainer:
         table = None
         if self.req.image_encoder_frozen:
             ids = sorted({k for e in examples for k in self._image_keys(e)})
-            table = encode_image_table(method, self.train_set, ids, self.config.cache_dir, cfg.eval_batch_size,
-                                       self.device, cfg.num_workers, precision=self.encode_precision, sharding=ctx)
+            with full_parameters(model):  # FSDP: the frozen encoder runs outside the training forward
+                table = encode_image_table(method, self.train_set, ids, self.config.cache_dir, cfg.eval_batch_size,
+                                           self.device, cfg.num_workers, precision=self.encode_precision, sharding=ctx)
         texts = TextFeatureCache(method, self.device, enabled=self.req.text_encoder_frozen)
 
         for epoch in range(start_epoch):  # rebuild the text cache exactly as the killed run had it
-            texts.prefetch([s for strings in self._epoch_texts(examples, self._batches(len(examples), epoch), epoch)
-                            for s in strings])
+            with full_parameters(model):
+                texts.prefetch([s for strings in self._epoch_texts(examples, self._batches(len(examples), epoch), epoch)
+                                for s in strings])
         epochs_run = 0
         for epoch in range(start_epoch, cfg.epochs):
             method.train()
             plans = self._batches(len(examples), epoch)
             epoch_texts = self._epoch_texts(examples, plans, epoch)
-            texts.prefetch([s for strings in epoch_texts for s in strings])
+            with full_parameters(model):  # FSDP: the frozen text encoder runs outside the training forward
+                texts.prefetch([s for strings in epoch_texts for s in strings])
             totals: dict[str, float] = {}
             epoch_lr = optimizer.param_groups[0]["lr"]
             local = [[_BatchPlan(rows) for rows in micro_batches(plan.rows, ctx.rank, ctx.world_size, cfg.accumulate)]
