@@ -39,6 +39,7 @@ from ..retrieval.files import atomic_write_bytes
 from ..retrieval.indexing import add_entries, delete_images
 from .errors import ApiError
 from .schemas import ErrorResponse
+from .service import get_service
 from .uploads import decode_image
 
 UPLOADS = "uploads"
@@ -98,13 +99,6 @@ def _authorise(request: Request, settings: AdminSettings) -> None:
         raise ApiError(403, "cross_origin", f"admin requests from the web origin {origin} are refused")
 
 
-def _service(request: Request) -> Any:
-    service = getattr(request.app.state, "service", None)
-    if service is None:
-        raise ApiError(503, "not_ready", "the model and index are still loading")
-    return service
-
-
 def _write_errors(err: Exception) -> ApiError:
     if isinstance(err, IndexBusyError):
         return ApiError(409, "index_busy", str(err))
@@ -148,7 +142,7 @@ def admin_router(index_dir: Path, settings: AdminSettings) -> APIRouter:
                  summary="Add images to the index (multipart: image files and one id each)")
     async def add(request: Request) -> ChangeResponse:
         _authorise(request, settings)
-        service = _service(request)
+        service = get_service(request)
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "multipart/form-data":
             raise ApiError(415, "unsupported_media_type", "send multipart/form-data with image files and image_id fields")
         limit = settings.max_images_per_request
@@ -192,7 +186,7 @@ def admin_router(index_dir: Path, settings: AdminSettings) -> APIRouter:
 
     async def remove(request: Request, ids: list[str]) -> ChangeResponse:
         _authorise(request, settings)
-        service = _service(request)
+        service = get_service(request)
 
         def write() -> dict[str, Any]:
             before = service.retriever.store
