@@ -15,6 +15,7 @@ import pytest
 from opencir.retrieval import integrity
 from opencir.retrieval.errors import IndexBusyError, IndexDamagedError
 from opencir.retrieval.store import MANIFEST, IndexStore, read_manifest, verify_index
+from opencir.hashing import file_sha256
 
 DIM = 8
 
@@ -49,7 +50,7 @@ def test_manifest_records_size_and_hash_of_every_file(tmp_path):
                      manifest["backend"]["state"]["index_file"]}
     for name, entry in manifest["files"].items():
         assert entry["size"] == (tmp_path / name).stat().st_size
-        assert entry["sha256"] == integrity.sha256_file(tmp_path / name)
+        assert entry["sha256"] == file_sha256(tmp_path / name)
 
 
 def test_one_flipped_bit_in_the_faiss_file_is_refused_naming_it(tmp_path):

@@ -36,7 +36,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..methods.base import METHODS
     from ..methods.io import build_method, save_model
     from ..methods import _import_all  # noqa: F401  (registers every method)
-    from ..methods.official import file_sha256
+    from ..hashing import file_sha256
 
     cls = METHODS.get(args.method)
     if cls.official_quick_gelu is None:

@@ -30,7 +30,7 @@ import torch
 from ..backbones import BackboneSpec, ClipBackbone
 from .base import METHODS, CIRMethod
 from .card import CARD_FILE, CardInfo, render_card
-from .official import file_sha256
+from ..hashing import file_record
 
 FORMAT_VERSION = 2
 """Highest format this version reads; full directories are still written as format 1."""
@@ -64,7 +64,7 @@ def build_method(name: str, backbone: BackboneSpec | ClipBackbone, config: Mappi
 # ----------------------------------------------------------------- hashing
 def file_digest(path: str | Path) -> dict[str, Any]:
     """``{"size": bytes, "sha256": hex}`` of a file, read in 4 MiB chunks."""
-    return {"size": Path(path).stat().st_size, "sha256": file_sha256(path, HASH_CHUNK)}
+    return file_record(path, HASH_CHUNK)
 
 
 def verify_file(path: Path, recorded: Mapping[str, Any], what: str) -> None:

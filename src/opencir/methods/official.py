@@ -15,7 +15,6 @@ One safe reader for every method's ``load_official_checkpoint``:
 * ``describe_foreign_checkpoint``: a hint naming the method a wrong checkpoint belongs to.
 * ``match_official_activation``: give the backbone the activation of the official CLIP
   (OpenAI weights need QuickGELU), or refuse when the user forced the other one.
-* ``file_sha256``: the digest recorded by ``opencir import-checkpoint``.
 
 ``method`` is the registered method name (``tg-cir``, ``offset``, ``clip4cir``), used in
 error messages.
@@ -25,7 +24,6 @@ from __future__ import annotations
 import builtins
 import codecs
 import collections
-import hashlib
 import logging
 import pickle
 import struct
@@ -39,15 +37,6 @@ from torch import nn
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 """Keys under which a checkpoint file may nest its state dict (first match wins)."""
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def match_official_activation(method: Any, source: str | Path) -> bool:

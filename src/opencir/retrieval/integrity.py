@@ -15,23 +15,16 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from ..hashing import file_record, file_sha256
 from .errors import IndexDamagedError
 
 HASH_ON_OPEN_BYTES = 16 * 1024 * 1024
 _CHUNK = 1 << 20
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_entry(path: Path) -> dict[str, Any]:
     """The ``{"size", "sha256"}`` record of a file just written."""
-    return {"size": path.stat().st_size, "sha256": sha256_file(path)}
+    return file_record(path, _CHUNK)
 
 
 def manifest_checksum(manifest: Mapping[str, Any]) -> str:
@@ -66,7 +59,7 @@ def verify_files(root: Path, files: Mapping[str, Mapping[str, Any]], full: bool 
         if size != entry["size"]:
             raise IndexDamagedError(f"index file {path} is damaged: {size} bytes, {entry['size']} recorded at commit; {advice}")
         if full or size <= HASH_ON_OPEN_BYTES:
-            found = sha256_file(path)
+            found = file_sha256(path, _CHUNK)
             if found != entry["sha256"]:
                 raise IndexDamagedError(f"index file {path} is damaged: its SHA-256 {found[:16]}... differs from the "
                                         f"{entry['sha256'][:16]}... recorded at commit; {advice}")
