@@ -56,6 +56,8 @@ def test_eval_baseline_writes_metrics_and_pictures(shapes_root, tmp_path, capsys
     assert provenance["opencir_version"] == opencir.__version__ and provenance["date"].startswith("20")
     analysis = json.loads((out / "analysis.json").read_text())  # sum composes image and text: shortcut analysis
     assert analysis["shortcuts"]["subset"] == "composition-only" and "neither image-only" in analysis["shortcuts"]["rule"]
+    assert record["shortcuts"] == analysis["shortcuts"]  # the metrics JSON names the subset and the rule too
+    assert set(record["shortcuts"]["at"]) == set(record["metrics"])
     assert (out / "metrics.png").stat().st_size > 0 and (out / "retrieval_grid.png").stat().st_size > 0
     rankings = json.loads((out / "rankings.json").read_text())
     assert len(rankings) == 40 and all(len(r) == 50 for r in rankings.values())

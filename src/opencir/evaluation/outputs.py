@@ -1,8 +1,10 @@
 """Evaluation output folders: what ``opencir eval --out`` and the demo write, and what
 ``opencir compare`` and ``opencir report`` read.
 
-Layout: ``metrics.json`` (the official metrics, flat), ``analysis.json`` (when it ran:
-shortcut analysis with its subset and rule named, breakdowns, paraphrase robustness),
+Layout: ``metrics.json`` (the official metrics; ``{"metrics": ..., "shortcuts": ...,
+"provenance": ...}`` when either of the last two is known, where ``shortcuts`` is the
+shortcut analysis with its subset and rule named), ``analysis.json`` (when it ran: the
+full analysis: shortcuts, baselines, breakdowns, paraphrase robustness),
 ``rankings.json``, ``subset_rankings.json`` (CIRR) and ``evaluation.json`` (dataset, root,
 split, options and the protocol/gallery description that comparisons check).
 """
@@ -25,11 +27,15 @@ def write_eval_dir(out: str | Path, dataset: CIRDataset, metrics: Mapping[str, f
                    subset_rankings: Mapping[str, Any] | None = None, analysis: Mapping[str, Any] | None = None,
                    options: Mapping[str, Any] | None = None, model: Mapping[str, Any] | None = None,
                    provenance: Mapping[str, Any] | None = None) -> Path:
-    """Write one evaluation folder; returns it. With ``provenance``, metrics.json is
-    ``{"metrics": ..., "provenance": ...}`` (``opencir eval --out``), else the bare metrics."""
+    """Write one evaluation folder; returns it. metrics.json is ``{"metrics": ...,
+    "shortcuts": ..., "provenance": ...}`` (each of the last two only when given: the
+    shortcut summary comes from ``analysis``), else the bare metrics."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    record = {"metrics": dict(metrics), "provenance": dict(provenance)} if provenance else dict(metrics)
+    extra = {"shortcuts": dict(analysis["shortcuts"])} if analysis and "shortcuts" in analysis else {}
+    if provenance:
+        extra["provenance"] = dict(provenance)
+    record = {"metrics": dict(metrics), **extra} if extra else dict(metrics)
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
     if analysis:
         (out / ANALYSIS_FILE).write_text(json.dumps(analysis, indent=2))
@@ -70,7 +76,7 @@ def read_eval_dir(path: str | Path) -> EvalDir:
                                     "`opencir eval ... --out DIR`)")
     try:
         metrics = json.loads((path / "metrics.json").read_text())
-        if set(metrics) == {"metrics", "provenance"}:  # written by `opencir eval --out`
+        if isinstance(metrics.get("metrics"), dict):  # with shortcuts and/or provenance
             metrics = metrics["metrics"]
         description = json.loads((path / EVALUATION_FILE).read_text()) if (path / EVALUATION_FILE).is_file() else {}
         analysis = json.loads((path / ANALYSIS_FILE).read_text()) if (path / ANALYSIS_FILE).is_file() else {}
