@@ -133,7 +133,10 @@ def test_trainer_writes_lean_best_and_last_with_a_card(trained_run):
         card = config["card"]
         assert card["dataset"] == "cir-shapes" and card["split"] == "val" and card["training_seconds"] > 0
         assert "R@1" in card["metrics"] and card["training_config"]["method_config"]["stage"] == "combiner"
-        assert "R@1" in (trained_run / name / "README.md").read_text()
+        readme = (trained_run / name / "README.md").read_text()
+        assert "R@1" in readme
+        root = card["training_config"]["dataset"]["root"]  # a card is published: no local paths in it
+        assert "/" not in root and root and str(trained_run.parent.parent) not in readme
     assert len(list((trained_run / BACKBONE_STORE).glob("*.safetensors"))) == 1
     model = load_model(trained_run / "best")
     assert model.encode_gallery([]).shape == (0, model.backbone.embed_dim)
@@ -147,3 +150,16 @@ def test_directories_saved_before_hashes_existed_still_load(combiner, tmp_path):
     (directory / "config.json").write_text(json.dumps(config))
     (directory / "README.md").unlink()
     assert torch.equal(_probe(load_model(directory)), _probe(combiner))
+
+
+def test_card_config_keeps_only_the_last_component_of_local_paths():
+    from opencir.training.card import without_local_paths
+
+    training = {"dataset": {"name": "cirr", "root": "/home/me/data/cirr"}, "init_from": "runs/stage1/best",
+                "backbone": {"arch": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"}, "train": {"lr": 1e-4}}
+    public = without_local_paths(training)
+    assert public == {"dataset": {"name": "cirr", "root": "cirr"}, "init_from": "best",
+                      "backbone": {"arch": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"}, "train": {"lr": 1e-4}}
+    assert training["dataset"]["root"] == "/home/me/data/cirr"  # the run's own config is untouched
+    hub = without_local_paths({"backbone": {"arch": "hf-hub:org/name", "pretrained": "hf-hub:org/name"}})
+    assert hub["backbone"]["pretrained"] == "hf-hub:org/name"

@@ -1,6 +1,7 @@
 """What a training run writes into the model card of each ``best``/``last`` save."""
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ..methods.card import CardInfo
@@ -25,11 +26,34 @@ def gallery_convention(dataset: "CIRDataset") -> dict[str, Any]:
     return convention
 
 
+PATH_FIELDS = (("dataset", "root"), ("backbone", "pretrained"), ("init_from",))
+"""Config fields that may hold a local path; the card keeps only the last component."""
+
+
+def _is_local_path(value: Any) -> bool:
+    text = str(value)
+    return isinstance(value, str) and not text.startswith("hf-hub:") and ("/" in text or "\\" in text)
+
+
+def without_local_paths(training: Mapping[str, Any]) -> dict[str, Any]:
+    """The card's copy of the config with local paths cut to their last component
+    (``/home/me/data/cirr`` -> ``cirr``): a card is meant to be published, a path is private."""
+    public = {k: dict(v) if isinstance(v, Mapping) else v for k, v in training.items()}
+    for *parents, key in PATH_FIELDS:
+        holder: Any = public
+        for parent in parents:
+            holder = holder.get(parent) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and _is_local_path(holder.get(key)):
+            holder[key] = PurePath(holder[key].replace("\\", "/")).name
+    return public
+
+
 def run_card(config: "RunConfig", dataset: "CIRDataset | None", metrics: Mapping[str, float] | None,
              training_seconds: float | None) -> CardInfo:
     """A model card filled from the run: config, validation dataset, metrics and time."""
     resolved = config_to_dict(config)
-    training = {k: resolved[k] for k in ("method_config", "backbone", "dataset", "train", "init_from") if k in resolved}
+    training = without_local_paths(
+        {k: resolved[k] for k in ("method_config", "backbone", "dataset", "train", "init_from") if k in resolved})
     return CardInfo(
         dataset=dataset.name if dataset is not None else config.dataset.name,
         split=dataset.split if dataset is not None else None,
