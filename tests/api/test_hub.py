@@ -144,3 +144,36 @@ def test_eval_takes_a_hub_name_offline(hub_cache, trained_run, shapes_root, cli,
     local = cli("eval", "--model", str(trained_run / "best"), *args, env=env)
     assert local.returncode == 0, local.stderr
     assert json.loads(by_name.stdout) == json.loads(local.stdout)  # the same weights, the same metrics
+
+
+def test_index_search_and_serve_take_a_hub_name_offline(hub_cache, gallery_folder, built_index, cli, tmp_path,
+                                                        monkeypatch):
+    """index records the hf-hub: name; search and serve load it from there by default."""
+    from fastapi.testclient import TestClient
+    from huggingface_hub import constants
+
+    from opencir.retrieval.store import read_manifest
+    from opencir.serving.app import create_app
+
+    cache, _ = hub_cache
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "home")}
+    index = tmp_path / "hub.idx"
+    done = cli("index", "--model", f"hf-hub:{REPO_ID}", "--images", str(gallery_folder), "--out", str(index),
+               "--batch-size", "5", "--device", "cpu", "--precision", "fp32", env=env)
+    assert done.returncode == 0, done.stderr
+    assert read_manifest(index)["model"]["directory"] == f"hf-hub:{REPO_ID}"
+    with IndexStore.open(index) as by_name, IndexStore.open(built_index) as local:
+        ids = local.ids()
+        np.testing.assert_allclose(by_name.vectors(ids), local.vectors(ids), rtol=0, atol=1e-6)
+    query = ids[0]
+    found = cli("search", "--index", str(index), "--ref-id", query, "--text", "add a red circle", "-k", "3",
+                "--device", "cpu", "--json", env=env)  # no --model: the index's hf-hub: name
+    assert found.returncode == 0, found.stderr
+    hits = [hit["image_id"] for hit in json.loads(found.stdout)["results"]]
+    assert len(hits) == 3 and query not in hits
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    with TestClient(create_app(index)) as client:
+        answer = client.post("/v1/search", json={"ref_id": query, "text": "add a red circle", "k": 3})
+    assert answer.status_code == 200, answer.text
+    assert [hit["image_id"] for hit in answer.json()["results"]] == hits

@@ -44,7 +44,7 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys, model_dir, other_model_
     assert main(["search", "--index", str(tmp_path / "missing"), "--ref-id", "a", "--text", "x"]) == 2
     assert "not an OpenCIR index directory" in capsys.readouterr().err
     assert main(["index", "--out", str(out), "--images", str(image_folder)]) == 2
-    assert "give --model DIR and --images" in capsys.readouterr().err
+    assert "give --model DIR|hf-hub:ORG/NAME and --images" in capsys.readouterr().err
     assert main(["index", "--out", str(tmp_path / "new"), "--model", str(model_dir), "--images", str(image_folder),
                  "--factory", "HNSW8"]) == 2
     assert "--factory needs --backend faiss" in capsys.readouterr().err

@@ -28,13 +28,6 @@ def parse_options(items: list[str]) -> dict:
     return options
 
 
-def _model_reference(model: str | None) -> str | None:
-    """What provenance records of ``--model``: an absolute directory, or the hf-hub: name."""
-    if model is None:
-        return None
-    return model if model.startswith("hf-hub:") else str(Path(model).resolve())
-
-
 def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="a saved model directory (runs/x/best) or a Hub model (hf-hub:ORG/NAME)")
     parser.add_argument("--method", help="a training-free method instead of --model (image-only, text-only, sum)")
@@ -61,13 +54,14 @@ def provenance(args: argparse.Namespace, method: Any, dataset: Any, options: dic
     split, gallery convention and size, number of queries, opencir version, date."""
     from .. import __version__
     from ..evaluation.protocols import GALLERY_CONVENTION_KEY, protocol_labels
+    from ..methods.hub import model_reference
     from ..retrieval.store import model_fingerprint
 
     parts = dataset.evaluation_parts()
     excluded = {bool(p.protocol.exclude_reference) for p in parts.values() if p.protocol is not None}
     return {
         "model": {
-            "directory": _model_reference(args.model),
+            "directory": model_reference(args.model) if args.model else None,
             "fingerprint": model_fingerprint(method),
             "method": method.name,
             "backbone": method.backbone.spec.to_dict(),

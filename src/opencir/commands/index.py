@@ -14,7 +14,7 @@ from . import COMMANDS, DEVICE_HELP, Command, positive_int
 
 def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="index directory (created, or updated when it exists)")
-    parser.add_argument("--model", help="saved model directory whose target encoder embeds the images")
+    parser.add_argument("--model", help="saved model directory or hf-hub:ORG/NAME whose target encoder embeds the images")
     parser.add_argument("--images", help="image folder or manifest .csv (columns: path[,image_id][,mask_path][,metadata...]; id is accepted for image_id)")
     parser.add_argument("--backend", help="exact (default) | faiss | milvus; only when the index is created")
     parser.add_argument("--factory", help="FAISS factory string for --backend faiss, e.g. IVF1024,Flat or HNSW32")
@@ -64,8 +64,8 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(_tune(args), indent=2))
         return 0
     if not args.model or not args.images:
-        raise ValueError("give --model DIR and --images DIR|manifest.csv (or --delete ID to remove images)")
-    from ..methods import load_model
+        raise ValueError("give --model DIR|hf-hub:ORG/NAME and --images DIR|manifest.csv (or --delete ID to remove images)")
+    from ..methods.hub import load_model  # a directory or an hf-hub: name
     from ..retrieval.catalogue import read_catalogue
     from ..training.distributed import init_distributed
     from ..training.trainer import resolve_device

@@ -16,7 +16,7 @@ from . import COMMANDS, DEVICE_HELP, Command, positive_int
 
 def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", required=True, help="index directory built by `opencir index`")
-    parser.add_argument("--model", help="model directory (default: the one recorded in the index)")
+    parser.add_argument("--model", help="model directory or hf-hub:ORG/NAME (default: the one recorded in the index)")
     parser.add_argument("--ref-id", action="append", default=[], metavar="ID",
                         help="reference image id in the index (repeatable: several references)")
     parser.add_argument("--image", action="append", default=[], metavar="FILE",

@@ -8,7 +8,7 @@ from . import COMMANDS, DEVICE_HELP, Command
 
 def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", required=True, help="index directory built by `opencir index`")
-    parser.add_argument("--model", help="model directory (default: the one recorded in the index)")
+    parser.add_argument("--model", help="model directory or hf-hub:ORG/NAME (default: the one recorded in the index)")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1 keeps it local)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port")
     parser.add_argument("--device", default="cpu", help=DEVICE_HELP)

@@ -85,6 +85,13 @@ def resolve_model_dir(name_or_path: str | Path, revision: str | None = None, tok
     return download(repo_id, revision, token, cache_dir, local_files_only)
 
 
+def model_reference(name_or_path: str | Path) -> str:
+    """How a model is recorded for later loading (provenance, index manifests): the
+    ``hf-hub:`` name as given, or the absolute directory."""
+    text = str(name_or_path)
+    return text if text.startswith(HF_HUB_PREFIX) else str(Path(text).resolve())
+
+
 def load_model(name_or_path: str | Path, *, device: str | torch.device = "cpu", expected_method: str | None = None,
                revision: str | None = None, token: str | bool | None = None, cache_dir: str | Path | None = None,
                local_files_only: bool = False, verify: bool = True, bare_repo_ids: bool = False) -> "CIRMethod":

@@ -37,6 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.images import ImageLoadError
+from ..methods.hub import model_reference
 from .catalogue import Catalogue, CatalogueEntry, SkippedImage, check_on_error
 from .files import atomic_save_npy, atomic_write, atomic_write_json
 from .index import get_backend
@@ -259,7 +260,7 @@ def index_catalogue(
             model = model_description(method)
             model["precision"] = precision
             if model_dir is not None:
-                model["directory"] = str(Path(model_dir).resolve())
+                model["directory"] = model_reference(model_dir)
             report = _index_locked(method, catalogue, out, backend, backend_options, shard_size, batch_size,
                                    device, num_workers, on_shard, model, on_error, reference_features, precision,
                                    sharding if sharded else None)

@@ -48,6 +48,7 @@ from .query import (
     combine,
     negative_text_embedding,
 )
+from ..methods.hub import model_reference
 from .filters import Filter, FilterSpec, parse_filter
 from .store import IndexStore, Record, model_fingerprint
 from .tuning import params_for_recall
@@ -152,7 +153,8 @@ class SearchOptions:
 class Retriever:
     """Loads an index and the model that built it; composes queries and searches.
 
-    Give ``model_dir`` (a saved model directory) or an already built ``method``. A model
+    Give ``model_dir`` (a saved model directory or an ``hf-hub:ORG/NAME`` model) or an
+    already built ``method``. A model
     whose fingerprint differs from the index's is refused (FingerprintMismatch).
 
     The index is live: every access to ``store`` returns the newest committed generation
@@ -164,14 +166,14 @@ class Retriever:
     def __init__(self, index_dir: str | Path, model_dir: str | Path | None = None, *,
                  method: "CIRMethod | None" = None, device: str | torch.device = "cpu",
                  use_stored_features: bool = True) -> None:
-        from ..methods.io import load_model
+        from ..methods.hub import load_model  # a directory or an hf-hub: name
         from ..encoding.features import method_transform
 
         if (model_dir is None) == (method is None):
             raise ValueError("give exactly one of model_dir or method")
         self.device = torch.device(device)
         self.method = load_model(model_dir, device=self.device) if model_dir is not None else method.to(self.device).eval()
-        self.model_dir = Path(model_dir) if model_dir is not None else None
+        self.model_dir = model_reference(model_dir) if model_dir is not None else None
         self.fingerprint = model_fingerprint(self.method)
         self.use_stored_features = use_stored_features
         model_name = f"model {model_dir or self.method.name!r}"
