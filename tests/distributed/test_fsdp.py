@@ -1,7 +1,7 @@
 """``train.strategy=fsdp`` (FSDP2, ``fully_shard``) as users launch it: ``torchrun`` with
 2 gloo ranks on CPU against one process, CLIP4Cir stage 1 (whole tiny-vit backbone trained),
 one epoch of 4 steps with validation, ``best/`` and ``last/`` (with the optimizer state
-gathered to rank 0) saved.
+gathered to rank 0) saved; and the same on 2 ranks with ``train.accumulate=2``.
 
 Tolerances: as in test_torchrun.py, two ranks sum in another order (all-gathered similarity
 rows, reduce-scattered gradients), so per-step losses agree to LOSS_ATOL and the weights
@@ -27,16 +27,20 @@ def fsdp_runs(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("fsdp")
     root = generate_cir_shapes(base / "shapes", seed=0, train_triplets=32, val_triplets=8, test_triplets=8, image_size=32)
-    command = lambda out: _train(root, out, base / f"cache-{out.name}", *METHODS["clip4cir-stage1"], "train.strategy=fsdp")
+    command = lambda out, *extra: _train(root, out, base / f"cache-{out.name}", *METHODS["clip4cir-stage1"],
+                                         "train.strategy=fsdp", *extra)
     two = subprocess.run(_torchrun("-m", "opencir", *command(base / "2rank")), cwd=REPO, env=_env(),
                          capture_output=True, text=True, timeout=300)
     one = subprocess.run([sys.executable, "-m", "opencir", *command(base / "1proc")], cwd=REPO, env=_env(),
                          capture_output=True, text=True, timeout=300)
-    return base, two, one
+    # 2 ranks x 2 micro-batches: each rank runs two sharded forward/backward passes per step
+    accumulated = subprocess.run(_torchrun("-m", "opencir", *command(base / "2rank-accumulate", "train.accumulate=2")),
+                                 cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    return base, two, one, accumulated
 
 
 def test_fsdp_on_two_gloo_ranks_equals_one_process(fsdp_runs):
-    base, two, one = fsdp_runs
+    base, two, one, _ = fsdp_runs
     assert two.returncode == 0, two.stderr[-3000:]
     assert one.returncode == 0, one.stderr[-3000:]
     a, b = _steps(base / "2rank"), _steps(base / "1proc")
@@ -54,3 +58,17 @@ def test_fsdp_on_two_gloo_ranks_equals_one_process(fsdp_runs):
     state = torch.load(base / "2rank" / "last" / "trainer_state.pt", weights_only=False)
     assert state["optimizer"]["state"] and all(isinstance(k, str) for k in state["optimizer"]["state"])
     assert (base / "2rank" / "best" / "model.safetensors").is_file()
+
+
+def test_fsdp_with_accumulation_gives_the_whole_batch_gradient(fsdp_runs):
+    """train.accumulate=2 under FSDP on 2 ranks (4 micro-batches of 2 per step) against one
+    process on whole batches of 8: the batch-level InfoNCE sees every row of the batch."""
+    base, _, one, accumulated = fsdp_runs
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert accumulated.returncode == 0, accumulated.stderr[-3000:]
+    a, b = _steps(base / "2rank-accumulate"), _steps(base / "1proc")
+    assert len(a) == len(b) == 4
+    for x, y in zip(a, b):
+        for key in y:
+            assert x[key] == pytest.approx(y[key], abs=LOSS_ATOL), (x["step"], key)
+    assert _max_weight_difference(base / "2rank-accumulate", base / "1proc") <= WEIGHT_ATOL
