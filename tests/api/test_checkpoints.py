@@ -152,14 +152,16 @@ def test_directories_saved_before_hashes_existed_still_load(combiner, tmp_path):
     assert torch.equal(_probe(load_model(directory)), _probe(combiner))
 
 
-def test_card_config_keeps_only_the_last_component_of_local_paths():
+def test_card_config_keeps_only_the_last_components_of_local_paths():
     from opencir.training.card import without_local_paths
 
-    training = {"dataset": {"name": "cirr", "root": "/home/me/data/cirr"}, "init_from": "runs/stage1/best",
+    training = {"dataset": {"name": "cirr", "root": "/home/me/data/cirr"}, "init_from": "/home/me/runs/stage1/best",
                 "backbone": {"arch": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"}, "train": {"lr": 1e-4}}
     public = without_local_paths(training)
-    assert public == {"dataset": {"name": "cirr", "root": "cirr"}, "init_from": "best",
+    assert public == {"dataset": {"name": "cirr", "root": "cirr"}, "init_from": "stage1/best",
                       "backbone": {"arch": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"}, "train": {"lr": 1e-4}}
     assert training["dataset"]["root"] == "/home/me/data/cirr"  # the run's own config is untouched
     hub = without_local_paths({"backbone": {"arch": "hf-hub:org/name", "pretrained": "hf-hub:org/name"}})
     assert hub["backbone"]["pretrained"] == "hf-hub:org/name"
+    assert without_local_paths({"init_from": "/best", "dataset": {"root": "C:\\data\\cirr"}}) == \
+        {"init_from": "best", "dataset": {"root": "cirr"}}

@@ -1,7 +1,7 @@
 """What a training run writes into the model card of each ``best``/``last`` save."""
 from __future__ import annotations
 
-from pathlib import PurePath
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ..methods.card import CardInfo
@@ -26,8 +26,9 @@ def gallery_convention(dataset: "CIRDataset") -> dict[str, Any]:
     return convention
 
 
-PATH_FIELDS = (("dataset", "root"), ("backbone", "pretrained"), ("init_from",))
-"""Config fields that may hold a local path; the card keeps only the last component."""
+PATH_FIELDS = {("dataset", "root"): 1, ("backbone", "pretrained"): 1, ("init_from",): 2}
+"""Config fields that may hold a local path, and how many trailing components the card
+keeps (``init_from`` keeps two: ``stage1/best`` says which run, ``best`` alone does not)."""
 
 
 def _is_local_path(value: Any) -> bool:
@@ -36,15 +37,17 @@ def _is_local_path(value: Any) -> bool:
 
 
 def without_local_paths(training: Mapping[str, Any]) -> dict[str, Any]:
-    """The card's copy of the config with local paths cut to their last component
-    (``/home/me/data/cirr`` -> ``cirr``): a card is meant to be published, a path is private."""
+    """The card's copy of the config with local paths cut to their last components
+    (``/home/me/data/cirr`` -> ``cirr``, ``/home/me/runs/stage1/best`` -> ``stage1/best``):
+    a card is meant to be published, a path is private."""
     public = {k: dict(v) if isinstance(v, Mapping) else v for k, v in training.items()}
-    for *parents, key in PATH_FIELDS:
+    for (*parents, key), keep in PATH_FIELDS.items():
         holder: Any = public
         for parent in parents:
             holder = holder.get(parent) if isinstance(holder, dict) else None
         if isinstance(holder, dict) and _is_local_path(holder.get(key)):
-            holder[key] = PurePath(holder[key].replace("\\", "/")).name
+            parts = [part for part in PurePosixPath(holder[key].replace("\\", "/")).parts if part != "/"]
+            holder[key] = "/".join(parts[-keep:])
     return public
 
 
