@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -218,8 +219,9 @@ def test_micro_batcher_groups_concurrent_queries_with_equal_results(retriever, i
         start = threading.Barrier(8)
 
         def one(n: int) -> None:
-            start.wait()
-            results[n] = batcher.search(prepared[n], 5, {ids[5]})
+            with batcher.arriving() as arrival:  # as the HTTP endpoint does, before reading a body
+                start.wait()
+                results[n] = batcher.search(prepared[n], 5, {ids[5]}, arrival=arrival)
 
         threads = [threading.Thread(target=one, args=(n,)) for n in range(8)]
         for t in threads:
@@ -231,6 +233,36 @@ def test_micro_batcher_groups_concurrent_queries_with_equal_results(retriever, i
             single = retriever.search(ids[n % 4], texts[n], k=5, exclude=[ids[5]])
             assert [h.image_id for h in result.hits] == [h.image_id for h in single.hits]
             assert [h.score for h in result.hits] == pytest.approx([h.score for h in single.hits], abs=1e-5)
+    finally:
+        batcher.close()
+
+
+def test_micro_batcher_waits_only_while_requests_are_arriving(retriever, ids):
+    """A lone query runs at once even with a minute-long wait; a query waits for an
+    announced request and shares its batch; an announcement closed without a query
+    (a request that failed while being read) ends the wait."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    batcher = MicroBatcher(retriever, max_size=8, max_wait_ms=60_000)
+    first, second = retriever.prepare(ids[0], "make it blue"), retriever.prepare(ids[1], "bigger")
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            assert pool.submit(batcher.search, first, 5).result(timeout=20).hits  # nothing arriving: no wait
+            assert (batcher.batches, batcher.queries) == (1, 1)
+            with batcher.arriving() as arrival:
+                waiting = pool.submit(batcher.search, first, 5)
+                while batcher.stats()["arriving"] != 1 or batcher._queue.qsize():  # the worker holds `first`
+                    time.sleep(0.005)
+                time.sleep(0.05)
+                assert not waiting.done()  # it waits for the announced request
+                joined = batcher.search(second, 5, arrival=arrival)
+            assert waiting.result(timeout=20).hits and joined.hits
+            assert (batcher.batches, batcher.queries) == (2, 3)  # one batch of two
+            with batcher.arriving():
+                waiting = pool.submit(batcher.search, first, 5)
+                time.sleep(0.05)
+            assert waiting.result(timeout=20).hits  # closed without a query: the wait ends
+            assert (batcher.batches, batcher.queries) == (3, 4) and batcher.stats()["arriving"] == 0
     finally:
         batcher.close()
 

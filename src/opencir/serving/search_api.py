@@ -8,6 +8,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from ..retrieval.query import QueryFailed
 from ..retrieval.retriever import SearchResult
+from .batcher import Arrival
 from .errors import ApiError
 from .parsing import api_error, parse_search, read_json, spec_from_json
 from .schemas import (
@@ -42,15 +43,15 @@ def search_response(result: SearchResult) -> SearchResponse:
     )
 
 
-def _search(service: Service, parsed, client: str) -> SearchResult:
+def _search(service: Service, parsed, client: str, arrival: Arrival | None = None) -> SearchResult:
     """One turn: prepare (read images, check texts), then encode and rank through the
     micro-batcher. A new session is stored only once its first search has succeeded."""
     sessions = service.sessions
     session = sessions.get(parsed.session_id) if parsed.session_id else sessions.new()
     options = service.retriever.search_options(parsed.filter, parsed.target_recall)
     prepared = service.retriever.prepare(parsed.spec)
-    result = session.search(parsed.spec, k=parsed.k,
-                            run=lambda excluded: service.batcher.search(prepared, parsed.k, excluded, options))
+    result = session.search(parsed.spec, k=parsed.k, run=lambda excluded: service.batcher.search(
+        prepared, parsed.k, excluded, options, arrival=arrival))
     if parsed.session_id is None:
         sessions.add(session, client)
     return result
@@ -68,16 +69,17 @@ def _search(service: Service, parsed, client: str) -> SearchResult:
 )
 async def search(request: Request) -> SearchResponse:
     service = get_service(request)
-    parsed = await parse_search(request, service.settings)
-    if parsed.session_id is not None:
+    with service.batcher.arriving() as arrival:  # the micro-batcher waits for this query
+        parsed = await parse_search(request, service.settings)
+        if parsed.session_id is not None:
+            try:
+                service.sessions.get(parsed.session_id)
+            except KeyError as err:
+                raise ApiError(404, "unknown_session", str(err.args[0])) from None
         try:
-            service.sessions.get(parsed.session_id)
-        except KeyError as err:
-            raise ApiError(404, "unknown_session", str(err.args[0])) from None
-    try:
-        result = await run_in_threadpool(_search, service, parsed, client_key(request))
-    except (KeyError, ValueError) as err:
-        raise api_error(err) from None
+            result = await run_in_threadpool(_search, service, parsed, client_key(request), arrival)
+        except (KeyError, ValueError) as err:
+            raise api_error(err) from None
     return search_response(result)
 
 
