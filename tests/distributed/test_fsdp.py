@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,17 +40,22 @@ def fsdp_runs(tmp_path_factory):
     return base, two, one, accumulated
 
 
-def test_fsdp_on_two_gloo_ranks_equals_one_process(fsdp_runs):
-    base, two, one, _ = fsdp_runs
-    assert two.returncode == 0, two.stderr[-3000:]
-    assert one.returncode == 0, one.stderr[-3000:]
-    a, b = _steps(base / "2rank"), _steps(base / "1proc")
+def _assert_same_training(run: Path, reference: Path) -> None:
+    """The same 4 logged steps (every value within LOSS_ATOL) and final weights within WEIGHT_ATOL."""
+    a, b = _steps(run), _steps(reference)
     assert len(a) == len(b) == 4
     for x, y in zip(a, b):
         assert x.keys() == y.keys()
         for key in x:
             assert x[key] == pytest.approx(y[key], abs=LOSS_ATOL), (x["step"], key)
-    assert _max_weight_difference(base / "2rank", base / "1proc") <= WEIGHT_ATOL
+    assert _max_weight_difference(run, reference) <= WEIGHT_ATOL
+
+
+def test_fsdp_on_two_gloo_ranks_equals_one_process(fsdp_runs):
+    base, two, one, _ = fsdp_runs
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert one.returncode == 0, one.stderr[-3000:]
+    _assert_same_training(base / "2rank", base / "1proc")
     # validation ran on the gathered weights: the same retrieval metrics
     metrics = [json.loads((base / run / "metrics.jsonl").read_text().splitlines()[0]) for run in ("2rank", "1proc")]
     assert {k: v for k, v in metrics[0].items() if k.startswith("val/")} == \
@@ -66,9 +72,4 @@ def test_fsdp_with_accumulation_gives_the_whole_batch_gradient(fsdp_runs):
     base, _, one, accumulated = fsdp_runs
     assert one.returncode == 0, one.stderr[-3000:]
     assert accumulated.returncode == 0, accumulated.stderr[-3000:]
-    a, b = _steps(base / "2rank-accumulate"), _steps(base / "1proc")
-    assert len(a) == len(b) == 4
-    for x, y in zip(a, b):
-        for key in y:
-            assert x[key] == pytest.approx(y[key], abs=LOSS_ATOL), (x["step"], key)
-    assert _max_weight_difference(base / "2rank-accumulate", base / "1proc") <= WEIGHT_ATOL
+    _assert_same_training(base / "2rank-accumulate", base / "1proc")
