@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from opencir.evaluation.report import write_report
-from opencir.demo import COMBINER_ROW, DemoSettings, format_table, mean_and_std, run_demo
+from opencir.demo import COMBINER_ROW, DemoSettings, format_table, run_demo
+from opencir.evaluation.spread import mean_and_std
 
 SETTINGS = DemoSettings(train_triplets=120, val_triplets=20, test_triplets=20, clip_epochs=1, clip_batch_size=32,
                         stage1_epochs=1, stage2_epochs=2, batch_size=32, paraphrases=3)

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from .data import load_dataset
 from .evaluation.evaluator import evaluate
 from .evaluation.outputs import write_eval_dir
 from .evaluation.shortcuts import analyze
+from .evaluation.spread import mean_and_std
 from .evaluation.plots import bar_plot, retrieval_grid
 from .methods.io import build_method, load_model
 from .training.config import load_run_config
@@ -89,16 +89,6 @@ def format_table(table: Mapping[str, Mapping[str, float]], metrics: Sequence[str
             cells = "".join(f"{row[m]:9.2f}" for m in metrics)
         lines.append(name.ljust(width) + cells)
     return "\n".join(lines)
-
-
-def mean_and_std(tables: Sequence[Mapping[str, Mapping[str, float]]]) -> tuple[dict, dict]:
-    """Per row and metric, the mean and the sample standard deviation over seeds (0 for one seed)."""
-    rows = list(tables[0])
-    names = {r: [m for m, v in tables[0][r].items() if isinstance(v, (int, float))] for r in rows}  # numbers only
-    mean = {r: {m: statistics.fmean(t[r][m] for t in tables) for m in names[r]} for r in rows}
-    std = {r: {m: statistics.stdev([t[r][m] for t in tables]) if len(tables) > 1 else 0.0 for m in names[r]}
-           for r in rows}
-    return mean, std
 
 
 EXTRA_METHODS = ("tg-cir", "offset", "pic2word", "context-i2w", "nsfse")

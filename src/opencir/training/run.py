@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,6 +43,40 @@ def run_from_config(config: RunConfig, resume: bool = True) -> dict[str, Any]:
 def run_training(config_path: str | Path | None, overrides: Sequence[str] = (), resume: bool = True) -> dict[str, Any]:
     """``opencir train``: YAML config + dotted overrides -> trained model under output_dir."""
     return run_from_config(load_run_config(config_path, overrides), resume=resume)
+
+
+SEEDS_FILE = "seeds.json"
+
+
+def run_with_seeds(config_path: str | Path | None, overrides: Sequence[str], seeds: int,
+                   resume: bool = True) -> dict[str, Any]:
+    """``opencir train --seeds N``: the run repeated with seeds ``train.seed + i`` into
+    ``output_dir/seed-S`` (``{seed}`` in an override is that seed); returns and writes
+    (``output_dir/seeds.json``, rank 0) the per-seed best validation metrics, their mean
+    and sample standard deviation."""
+    from ..evaluation.spread import mean_and_std
+
+    base = load_run_config(config_path, overrides)  # checks the config once, before any training
+    root, first = Path(base.output_dir), base.train.seed
+    per_seed: dict[str, dict[str, float]] = {}
+    runs: dict[str, str] = {}
+    summary: dict[str, Any] = {}
+    for seed in range(first, first + seeds):
+        seeded = [o.replace("{seed}", str(seed)) for o in overrides]
+        summary = run_training(config_path, [*seeded, f"train.seed={seed}", f"output_dir={root / f'seed-{seed}'}"],
+                               resume=resume)
+        per_seed[str(seed)] = dict(summary["best_metrics"])
+        runs[str(seed)] = summary["output_dir"]
+    mean, std = mean_and_std([{"best": metrics} for metrics in per_seed.values()])
+    result = {"seeds": list(range(first, first + seeds)), "runs": runs, "per_seed": per_seed,
+              "mean": mean["best"], "std": std["best"], "rank": summary.get("rank", 0)}
+    if result["rank"] == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / SEEDS_FILE).write_text(json.dumps({k: v for k, v in result.items() if k != "rank"}, indent=2))
+        for metric in result["mean"]:
+            log.info("best %s over seeds %s: %.2f ± %.2f", metric, result["seeds"], result["mean"][metric],
+                     result["std"][metric])
+    return result
 
 
 def pretrain_small_clip(
