@@ -169,11 +169,11 @@ def test_batch_endpoint_equals_single_searches(client, retriever, ids):
 
 def test_cli_batch_from_jsonl_and_csv_with_one_model_load(served_index, retriever, ids, tmp_path, monkeypatch,
                                                          shapes_root, capsys):
-    import opencir.methods.hub as hub  # what the retriever loads models with (directories and hf-hub: names)
+    import opencir.retrieval.retriever as retriever_module  # loads directories and hf-hub: names
 
     loads = []
-    original = hub.load_model
-    monkeypatch.setattr(hub, "load_model", lambda *a, **kw: loads.append(1) or original(*a, **kw))
+    original = retriever_module.load_model
+    monkeypatch.setattr(retriever_module, "load_model", lambda *a, **kw: loads.append(1) or original(*a, **kw))
     image = tmp_path / "ref.png"
     image.write_bytes((shapes_root / "images" / f"{ids[3]}.png").read_bytes())
     jsonl = tmp_path / "q.jsonl"

@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from ..data.images import ImageLoadError, load_image, normalise_image
+from ..methods.hub import load_model, model_reference  # a directory or an hf-hub: name
 from .live import LiveIndex
 from .query import (
     NEGATIVE_TEXT_SPACES,
@@ -48,7 +49,6 @@ from .query import (
     combine,
     negative_text_embedding,
 )
-from ..methods.hub import model_reference
 from .filters import Filter, FilterSpec, parse_filter
 from .store import IndexStore, Record, model_fingerprint
 from .tuning import params_for_recall
@@ -166,7 +166,6 @@ class Retriever:
     def __init__(self, index_dir: str | Path, model_dir: str | Path | None = None, *,
                  method: "CIRMethod | None" = None, device: str | torch.device = "cpu",
                  use_stored_features: bool = True) -> None:
-        from ..methods.hub import load_model  # a directory or an hf-hub: name
         from ..encoding.features import method_transform
 
         if (model_dir is None) == (method is None):

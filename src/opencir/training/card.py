@@ -5,6 +5,7 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ..methods.card import CardInfo
+from ..methods.hub import HF_HUB_PREFIX
 from .config import config_to_dict
 
 if TYPE_CHECKING:
@@ -32,8 +33,7 @@ keeps (``init_from`` keeps two: ``stage1/best`` says which run, ``best`` alone d
 
 
 def _is_local_path(value: Any) -> bool:
-    text = str(value)
-    return isinstance(value, str) and not text.startswith("hf-hub:") and ("/" in text or "\\" in text)
+    return isinstance(value, str) and not value.startswith(HF_HUB_PREFIX) and ("/" in value or "\\" in value)
 
 
 def without_local_paths(training: Mapping[str, Any]) -> dict[str, Any]:
